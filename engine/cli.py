@@ -1,0 +1,125 @@
+"""The `sdcpu` command line: export, generate, demo."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+import engine
+from engine.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="CPU-only Stable Diffusion: export models to OpenVINO/ONNX and generate images with them.",
+)
+
+
+def user_errors(command):
+    """Print a UserError as one line and exit 2; Ctrl-C exits 130 without a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _require_exporter():
+    try:
+        import torch  # noqa: F401
+        import diffusers  # noqa: F401
+    except ImportError:
+        raise UserError("exporting needs the exporter extra: pip install 'sdcpu[export]'") from None
+
+
+@app.command()
+@user_errors
+def export(
+    source: str = typer.Argument(..., help="Local diffusers folder, or a hub id such as org/model (needs network)."),
+    out_dir: Path = typer.Argument(..., help="Folder to write the exported model to (created atomically)."),
+    format: str = typer.Option("openvino", "--format", help="openvino (IR .xml/.bin) or onnx."),
+    precision: str = typer.Option("fp32", "--precision", help="Weight precision: fp32."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT_DIR if it already holds something."),
+):
+    """Export a diffusers SD1.5 / LCM pipeline to a self-describing sdcpu model folder."""
+    _require_exporter()
+    from export.exporter import export_model
+
+    export_model(source, out_dir, fmt=format, precision=precision, overwrite=overwrite, log=typer.echo)
+
+
+@app.command()
+@user_errors
+def generate(
+    prompt: str = typer.Argument(..., help="What to draw."),
+    model: Path = typer.Option(..., "--model", help="Exported model folder (from `sdcpu export`)."),
+    negative_prompt: str = typer.Option("", "--negative-prompt", help="What to steer away from (CFG only)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps [default: the family's, e.g. 25 for SD1.5, 4 for LCM]."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale; <= 1 turns CFG off [default: the family's]."),
+    seed: int = typer.Option(-1, "--seed", help="Seed of the initial noise; -1 picks one and prints it."),
+    width: Optional[int] = typer.Option(None, "--width", help="Image width, a multiple of 8 [default: the model's native size]."),
+    height: Optional[int] = typer.Option(None, "--height", help="Image height, a multiple of 8 [default: the model's native size]."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="euler, euler-a, ddim, dpm++2m, dpm++2m-karras, lcm, pndm [default: the model's scheduler config]."),
+    batch: int = typer.Option(1, "--batch", help="Number of images; image i uses seed+i."),
+    output: Path = typer.Option(Path("sdcpu.png"), "--output", "-o", help="PNG path; with --batch N, -SEED is added to each name."),
+):
+    """Generate images from PROMPT with an exported model."""
+    from engine.generate_command import run_generate
+
+    run_generate(
+        prompt=prompt, model=model, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
+        seed=seed, width=width, height=height, scheduler=scheduler, batch=batch, output=output,
+    )
+
+
+@app.command()
+@user_errors
+def demo(
+    work_dir: Path = typer.Option(Path("sdcpu-demo"), "--work-dir", help="Where the demo model and image go."),
+    format: str = typer.Option("openvino", "--format", help="openvino or onnx."),
+):
+    """Build a tiny random SD1.5-style model, export it and generate from it (offline smoke run)."""
+    _require_exporter()
+    from engine.generate_command import run_generate
+    from export.exporter import export_model
+    from export.tiny import build_tiny_pipeline
+
+    source = build_tiny_pipeline(work_dir / "tiny-sd15-diffusers")
+    exported = work_dir / f"tiny-sd15-{format}"
+    export_model(str(source), exported, fmt=format, overwrite=True, log=typer.echo)
+    run_generate(
+        prompt="a red circle on a blue background", model=exported, seed=0, width=256, height=256,
+        output=work_dir / "demo.png",
+    )
+    typer.echo(
+        "note: this model has RANDOM weights, so demo.png is structured noise, not a picture. "
+        "Export a real model with `sdcpu export stable-diffusion-v1-5/stable-diffusion-v1-5 OUT_DIR` (network) "
+        "or from a local diffusers folder."
+    )
+
+
+@app.command()
+def version():
+    """Print the sdcpu version."""
+    typer.echo(f"sdcpu {engine.__version__}")
+
+
+def main() -> None:
+    app(prog_name="sdcpu")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

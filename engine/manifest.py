@@ -1,0 +1,116 @@
+"""The manifest that makes an exported model folder self-describing, and its validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import UserError
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_SCHEMA = 1
+FORMATS = ("openvino", "onnx")
+COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+
+
+@dataclass
+class ComponentEntry:
+    """One exported graph: its file, declared inputs/outputs and export-time parity figures."""
+
+    file: str
+    inputs: dict[str, dict[str, Any]]
+    outputs: dict[str, dict[str, Any]]
+    parity: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Manifest:
+    """Everything the runtime needs to know about an exported model folder."""
+
+    family: str
+    format: str
+    precision: str
+    name: str
+    source: str
+    sdcpu_version: str
+    components: dict[str, ComponentEntry]
+    tokenizer: str
+    scheduler_config: str
+    default_size: tuple[int, int]
+    size_multiple: int
+    vae_scale_factor: int
+    vae_scaling_factor: float
+    latent_channels: int
+    time_cond_proj_dim: int | None = None
+    random_weights: bool = False
+    schema: int = MANIFEST_SCHEMA
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+        data = dict(data)
+        data["components"] = {k: ComponentEntry(**v) for k, v in data["components"].items()}
+        data["default_size"] = tuple(data["default_size"])
+        return cls(**data)
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> Path:
+    """Write manifest.json atomically (temp file + fsync + rename)."""
+    path = Path(folder) / MANIFEST_NAME
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(manifest.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _component_files(folder: Path, entry: ComponentEntry) -> list[Path]:
+    main = folder / entry.file
+    return [main, main.with_suffix(".bin")] if main.suffix == ".xml" else [main]
+
+
+def load_manifest(folder: Path) -> Manifest:
+    """Read and check a model folder; any missing or corrupt piece is a UserError."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"model folder not found: {folder}")
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        raise UserError(
+            f"{folder} is not an exported sdcpu model (no {MANIFEST_NAME}); "
+            "create one with `sdcpu export SOURCE OUT_DIR`"
+        )
+    try:
+        manifest = Manifest.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UserError(f"corrupt {path}: {exc}") from None
+    if manifest.schema != MANIFEST_SCHEMA:
+        raise UserError(f"{path} has manifest schema {manifest.schema}; this sdcpu reads {MANIFEST_SCHEMA}")
+    if manifest.format not in FORMATS:
+        raise UserError(f"{path}: unknown format {manifest.format!r}")
+    _check_files(folder, manifest)
+    return manifest
+
+
+def _check_files(folder: Path, manifest: Manifest) -> None:
+    missing = [c for c in COMPONENTS if c not in manifest.components]
+    if missing:
+        raise UserError(f"incomplete model folder {folder}: manifest lacks {', '.join(missing)}")
+    needed = [p for e in manifest.components.values() for p in _component_files(folder, e)]
+    needed += [folder / manifest.scheduler_config, folder / manifest.tokenizer]
+    absent = [str(p.relative_to(folder)) for p in needed if not p.exists()]
+    if absent:
+        raise UserError(f"incomplete model folder {folder}: missing {', '.join(absent)}")

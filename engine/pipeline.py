@@ -1,0 +1,193 @@
+"""Text-to-image on an exported folder: encode prompt, numpy sampler loop, VAE decode.
+
+Reproduces diffusers' StableDiffusionPipeline / LatentConsistencyModelPipeline step for step
+(classifier-free guidance as one batch-2 UNet call; LCM's guidance embedding instead of CFG).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from engine.backends import Graph, load_graph
+from engine.denoisers import denoiser_from_eps, denoiser_from_v
+from engine.errors import UserError
+from engine.manifest import Manifest, load_manifest
+from engine.noise import TorchCompatibleNoise
+from engine.samplers import SAMPLERS, default_sampler_for, run_sampler
+from engine.tokenizer import ClipTokenizer
+
+StepCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One generate call; seeds are already resolved (image i uses seed + i)."""
+
+    prompt: str
+    negative_prompt: str
+    steps: int
+    guidance: float
+    seed: int
+    width: int
+    height: int
+    sampler: str
+    batch: int = 1
+
+
+@dataclass
+class Result:
+    """Decoded images (H, W, 3 uint8), their seeds, and where the time went."""
+
+    images: list[np.ndarray]
+    seeds: list[int]
+    timings: dict[str, float] = field(default_factory=dict)
+    unet_step_seconds: list[float] = field(default_factory=list)
+
+
+def guidance_scale_embedding(w: np.ndarray, dim: int) -> np.ndarray:
+    """Sinusoidal embedding of (guidance - 1) * 1000 (LCM, Luo et al. 2023; from VDM)."""
+    half = dim // 2
+    freqs = np.exp(np.arange(half, dtype=np.float32) * -np.float32(math.log(10000.0) / (half - 1)))
+    angles = (np.asarray(w, np.float32) * np.float32(1000.0))[:, None] * freqs[None, :]
+    emb = np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+    return np.pad(emb, ((0, 0), (0, dim % 2)))
+
+
+def to_uint8_images(decoded: np.ndarray) -> list[np.ndarray]:
+    """[-1, 1] NCHW -> uint8 HWC, rounded as diffusers' VaeImageProcessor does."""
+    unit = np.clip(decoded / 2 + 0.5, 0.0, 1.0)
+    return [np.round(img.transpose(1, 2, 0) * 255).astype(np.uint8) for img in unit]
+
+
+class Pipeline:
+    """An exported model folder loaded on its backend, ready to generate."""
+
+    def __init__(self, folder: Path, manifest: Manifest, graphs: dict[str, Graph],
+                 tokenizer: ClipTokenizer, scheduler_config: dict):
+        self.folder = folder
+        self.manifest = manifest
+        self.text_encoder = graphs["text_encoder"]
+        self.unet = graphs["unet"]
+        self.vae_decoder = graphs["vae_decoder"]
+        self.tokenizer = tokenizer
+        self.scheduler_config = scheduler_config
+
+    @classmethod
+    def load(cls, folder: Path) -> "Pipeline":
+        """Check the folder against its manifest, then compile its three graphs."""
+        folder = Path(folder).expanduser()
+        manifest = load_manifest(folder)
+        try:
+            config = json.loads((folder / manifest.scheduler_config).read_text())
+        except ValueError as exc:
+            raise UserError(f"corrupt scheduler config in {folder}: {exc}") from None
+        tokenizer = ClipTokenizer.from_folder(folder / manifest.tokenizer)
+        graphs = {}
+        for name, entry in manifest.components.items():
+            try:
+                graphs[name] = load_graph(folder, name, entry, manifest.format, manifest.precision)
+            except RuntimeError as exc:
+                raise UserError(f"cannot load {name} from {folder}: {str(exc).splitlines()[0]}") from None
+        return cls(folder, manifest, graphs, tokenizer, config)
+
+    @property
+    def has_guidance_embedding(self) -> bool:
+        return self.manifest.time_cond_proj_dim is not None
+
+    def default_sampler(self) -> str:
+        return default_sampler_for(self.scheduler_config)
+
+    def uses_cfg(self, guidance: float) -> bool:
+        """CFG only when guidance > 1 and the UNet has no guidance embedding (as diffusers)."""
+        return guidance > 1.0 and not self.has_guidance_embedding
+
+    def encode(self, prompts: list[str]) -> np.ndarray:
+        """CLIP last hidden states for each prompt."""
+        return self.text_encoder(input_ids=self.tokenizer(prompts))
+
+    def validate(self, request: Request) -> None:
+        """Reject requests the model cannot run, with one line each."""
+        multiple = self.manifest.size_multiple
+        if request.steps < 1:
+            raise UserError(f"--steps must be at least 1 (got {request.steps})")
+        if request.batch < 1:
+            raise UserError(f"--batch must be at least 1 (got {request.batch})")
+        for side, value in (("width", request.width), ("height", request.height)):
+            if value < multiple or value % multiple:
+                raise UserError(f"--{side} must be a positive multiple of {multiple} (got {value})")
+        if request.sampler not in SAMPLERS:
+            raise UserError(f"unknown scheduler {request.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if not math.isfinite(request.guidance) or request.guidance < 0:
+            raise UserError(f"--guidance must be a number >= 0 (got {request.guidance})")
+
+    def _context(self, request: Request, cfg: bool) -> np.ndarray:
+        cond = np.repeat(self.encode([request.prompt]), request.batch, axis=0)
+        if not cfg:
+            return cond
+        uncond = np.repeat(self.encode([request.negative_prompt]), request.batch, axis=0)
+        return np.concatenate([uncond, cond])
+
+    def _eps_model(self, request: Request, context: np.ndarray, cfg: bool, step_times: list):
+        """The UNet as an eps(x_vp, t) function, with CFG or the LCM guidance embedding."""
+        extra = {}
+        if self.has_guidance_embedding:
+            w = np.full(len(context), request.guidance - 1.0, np.float32)
+            extra["timestep_cond"] = guidance_scale_embedding(w, self.manifest.time_cond_proj_dim)
+
+        def eps(x: np.ndarray, t: float) -> np.ndarray:
+            started = time.perf_counter()
+            sample = np.concatenate([x, x]) if cfg else x
+            out = self.unet(
+                sample=sample, timestep=np.full(len(sample), t, np.float32),
+                encoder_hidden_states=context, **extra,
+            )
+            if cfg:
+                uncond, cond = np.split(out, 2)
+                out = uncond + np.float32(request.guidance) * (cond - uncond)
+            step_times.append(time.perf_counter() - started)
+            return out
+
+        return eps
+
+    def _denoiser(self, eps_model):
+        if self.scheduler_config.get("prediction_type", "epsilon") == "v_prediction":
+            return denoiser_from_v(eps_model)
+        return denoiser_from_eps(eps_model)
+
+    def decode(self, latents: np.ndarray) -> list[np.ndarray]:
+        """VAE-decode one image at a time (lower peak memory than the whole batch)."""
+        scaled = latents / np.float32(self.manifest.vae_scaling_factor)
+        return [img for x in scaled for img in to_uint8_images(self.vae_decoder(latent_sample=x[None]))]
+
+    def generate(self, request: Request, on_step: StepCallback | None = None) -> Result:
+        """Run one request; `on_step(i, n)` is called after each denoising step."""
+        self.validate(request)
+        timings, step_times = {}, []
+        started = time.perf_counter()
+        cfg = self.uses_cfg(request.guidance)
+        context = self._context(request, cfg)
+        timings["text_encoder"] = time.perf_counter() - started
+
+        seeds = [request.seed + i for i in range(request.batch)]
+        generator = TorchCompatibleNoise(seeds)
+        factor = self.manifest.vae_scale_factor
+        shape = (request.batch, self.manifest.latent_channels, request.height // factor, request.width // factor)
+        noise = generator.randn(shape)
+        model = self._denoiser(self._eps_model(request, context, cfg, step_times))
+        callback = (lambda i, n, x, denoised: on_step(i, n)) if on_step else None
+        t0 = time.perf_counter()
+        latents = run_sampler(request.sampler, model, noise, self.scheduler_config, request.steps, generator, callback)
+        timings["denoise"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        images = self.decode(latents)
+        timings["vae_decoder"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - started
+        return Result(images=images, seeds=seeds, timings=timings, unet_step_seconds=step_times)

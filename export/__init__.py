@@ -1,0 +1,1 @@
+"""sdcpu exporter: diffusers/torch -> ONNX / OpenVINO IR model folders (needs the [export] extra)."""

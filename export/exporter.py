@@ -1,0 +1,154 @@
+"""`sdcpu export`: diffusers pipeline -> self-describing sdcpu model folder, written atomically."""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import onnx
+
+import engine
+from engine.backends import load_graph
+from engine.errors import UserError
+from engine.manifest import FORMATS, ComponentEntry, Manifest, write_manifest
+from export.components import (
+    ComponentSpec,
+    text_encoder_spec,
+    unet_spec,
+    vae_decoder_spec,
+)
+from export.convert import export_onnx, onnx_to_openvino
+from export.parity import compare_component, require_fp32_parity
+from export.source import detect_family, load_pipeline
+
+PRECISIONS = ("fp32",)
+SUPPORTED_FAMILIES = ("sd15", "lcm")
+Log = Callable[[str], None]
+
+
+def _value_info(values) -> dict[str, dict]:
+    """Names, numpy dtypes and shapes (ints, or axis names when dynamic) of ONNX graph values."""
+    info = {}
+    for value in values:
+        tensor = value.type.tensor_type
+        dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+        info[value.name] = {"dtype": dtype, "shape": dims}
+    return info
+
+
+def _export_component(spec: ComponentSpec, folder: Path, fmt: str, log: Log) -> ComponentEntry:
+    """Trace, convert, reload with our runtime, and check parity against torch."""
+    started = time.perf_counter()
+    onnx_file = export_onnx(spec, folder / spec.name / "model.onnx")
+    graph = onnx.load(str(onnx_file), load_external_data=False).graph
+    entry = ComponentEntry(
+        file=str(onnx_file.relative_to(folder)),
+        inputs=_value_info(graph.input),
+        outputs=_value_info(graph.output),
+    )
+    if fmt == "openvino":
+        xml = onnx_to_openvino(onnx_file, folder / spec.name / "model.xml")
+        for leftover in onnx_file.parent.iterdir():
+            if leftover.suffix not in (".xml", ".bin"):
+                leftover.unlink()
+        entry.file = str(xml.relative_to(folder))
+    runtime_graph = load_graph(folder, spec.name, entry, fmt, "fp32")
+    entry.parity = compare_component(spec, runtime_graph)
+    require_fp32_parity(spec.name, entry.parity)
+    log(
+        f"  {spec.name:<13} {time.perf_counter() - started:6.1f} s   "
+        f"parity: max abs err {entry.parity['max_abs_error']:.2e}, PSNR {entry.parity['psnr_db']:.1f} dB"
+    )
+    return entry
+
+
+def _staging_dir(out_dir: Path) -> Path:
+    """A fresh sibling folder: renamed into place only once the export is complete."""
+    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _move_into_place(staging: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        retired = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        os.replace(out_dir, retired)
+        os.replace(staging, out_dir)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, out_dir)
+
+
+def _check_request(out_dir: Path, fmt: str, precision: str, overwrite: bool) -> None:
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; this version exports {', '.join(PRECISIONS)}")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise UserError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
+
+
+def _manifest(pipe, family: str, fmt: str, precision: str, source: str, entries, out_dir: Path) -> Manifest:
+    vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    side = pipe.unet.config.sample_size * vae_scale
+    return Manifest(
+        family=family,
+        format=fmt,
+        precision=precision,
+        name=out_dir.name,
+        source=source,
+        sdcpu_version=engine.__version__,
+        components=entries,
+        tokenizer="tokenizer",
+        scheduler_config="scheduler/scheduler_config.json",
+        default_size=(side, side),
+        size_multiple=vae_scale,
+        vae_scale_factor=vae_scale,
+        vae_scaling_factor=float(pipe.vae.config.scaling_factor),
+        latent_channels=int(pipe.unet.config.in_channels),
+        time_cond_proj_dim=pipe.unet.config.time_cond_proj_dim,
+    )
+
+
+def export_model(
+    source: str, out_dir: Path, fmt: str = "openvino", precision: str = "fp32",
+    overwrite: bool = False, log: Log = print,
+) -> Manifest:
+    """Export text encoder, UNet and VAE decoder of `source` into `out_dir`."""
+    out_dir = Path(out_dir).expanduser().resolve()
+    _check_request(out_dir, fmt, precision, overwrite)
+    log(f"loading {source}")
+    pipe = load_pipeline(source)
+    family = detect_family(pipe)
+    if family not in SUPPORTED_FAMILIES:
+        raise UserError(f"{source}: family {family} is not supported yet (supported: {', '.join(SUPPORTED_FAMILIES)})")
+    log(f"exporting {family} to {fmt} {precision}")
+    staging = _staging_dir(out_dir)
+    try:
+        specs = (
+            lambda: text_encoder_spec(pipe.text_encoder),
+            lambda: unet_spec(pipe.unet),
+            lambda: vae_decoder_spec(pipe.vae),
+        )
+        entries = {}
+        for make_spec in specs:
+            spec = make_spec()
+            entries[spec.name] = _export_component(spec, staging, fmt, log)
+            del spec
+            gc.collect()
+        pipe.tokenizer.save_pretrained(staging / "tokenizer")
+        pipe.scheduler.save_config(staging / "scheduler")
+        manifest = _manifest(pipe, family, fmt, precision, source, entries, out_dir)
+        write_manifest(staging, manifest)
+        _move_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log(f"wrote {out_dir}")
+    return manifest

@@ -1,0 +1,46 @@
+"""Export-time parity: each exported graph against its PyTorch module on the same inputs.
+
+Following apple/ml-stable-diffusion, every component export ends with a PSNR check; an fp32
+export below the threshold is an error, not a warning.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from engine.backends import Graph
+from engine.errors import UserError
+from export.components import ComponentSpec
+
+FP32_MIN_PSNR_DB = 60.0
+
+
+def psnr_db(reference: np.ndarray, test: np.ndarray) -> float:
+    """Peak signal-to-noise ratio with the reference's value range as the peak."""
+    rmse = float(np.sqrt(np.mean((reference.astype(np.float64) - test) ** 2)))
+    peak = float(reference.max() - reference.min()) or 1.0
+    return math.inf if rmse == 0 else 20.0 * math.log10(peak / rmse)
+
+
+def compare_component(spec: ComponentSpec, graph: Graph) -> dict[str, float]:
+    """Worst max-abs error and PSNR of `graph` versus `spec.module` over its parity inputs."""
+    worst_abs, worst_psnr = 0.0, math.inf
+    for inputs in spec.parity_inputs:
+        with torch.no_grad():
+            reference = spec.module(**inputs).numpy()
+        test = graph(**{k: v.numpy() for k, v in inputs.items()})
+        worst_abs = max(worst_abs, float(np.max(np.abs(reference - test))))
+        worst_psnr = min(worst_psnr, psnr_db(reference, test))
+    return {"max_abs_error": worst_abs, "psnr_db": round(worst_psnr, 2) if math.isfinite(worst_psnr) else 999.0}
+
+
+def require_fp32_parity(name: str, figures: dict[str, float]) -> None:
+    """An fp32 graph that does not reproduce its torch module is a failed export."""
+    if figures["psnr_db"] < FP32_MIN_PSNR_DB:
+        raise UserError(
+            f"{name}: exported graph disagrees with PyTorch (PSNR {figures['psnr_db']:.1f} dB < "
+            f"{FP32_MIN_PSNR_DB:.0f} dB, max abs error {figures['max_abs_error']:.3g}); export aborted"
+        )

@@ -1,0 +1,1 @@
+"""Registry of supported model families and their defaults."""

@@ -1,0 +1,45 @@
+"""Supported model families and the defaults a user gets by leaving options out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Family:
+    """Defaults that match how each family was trained to be sampled."""
+
+    name: str
+    title: str
+    default_steps: int
+    default_guidance: float
+    useful_steps: tuple[int, int]
+    notes: str
+
+
+FAMILIES: dict[str, Family] = {
+    "sd15": Family(
+        name="sd15",
+        title="Stable Diffusion 1.x",
+        default_steps=25,
+        default_guidance=7.5,
+        useful_steps=(15, 50),
+        notes="classifier-free guidance with the negative prompt; scheduler from the model's config",
+    ),
+    "lcm": Family(
+        name="lcm",
+        title="Latent Consistency Model (SD1.5 architecture)",
+        default_steps=4,
+        default_guidance=8.0,
+        useful_steps=(2, 8),
+        notes="guidance is embedded in the UNet (no second UNet call); negative prompt unused",
+    ),
+}
+
+
+def family(name: str) -> Family:
+    """The registry entry for `name`; KeyError names the known families."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise KeyError(f"unknown model family {name!r}; known: {', '.join(FAMILIES)}") from None

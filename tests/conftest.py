@@ -1,0 +1,33 @@
+"""Session fixtures: tiny random SD1.5 and LCM pipelines, each exported once per backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+FORMATS = ("openvino", "onnx")
+
+
+@pytest.fixture(scope="session")
+def tiny_sources(tmp_path_factory) -> dict[str, Path]:
+    """Diffusers folders of the tiny random pipelines, keyed by family."""
+    from export.tiny import build_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("tiny-diffusers")
+    return {family: build_tiny_pipeline(root / family, family=family) for family in ("sd15", "lcm")}
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(tiny_sources, tmp_path_factory) -> dict[tuple[str, str], Path]:
+    """Exported folders keyed by (family, format)."""
+    from export.exporter import export_model
+
+    root = tmp_path_factory.mktemp("tiny-exports")
+    exports = {}
+    for family, source in tiny_sources.items():
+        for fmt in FORMATS:
+            out = root / f"{family}-{fmt}"
+            export_model(str(source), out, fmt=fmt, log=lambda line: None)
+            exports[family, fmt] = out
+    return exports

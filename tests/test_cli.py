@@ -1,0 +1,122 @@
+"""The CLI as a user meets it: defaults, PNG parameters, seeds, and one-line errors."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from engine.cli import app
+from engine.pngmeta import params_from_text, read_parameters
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result, result.output
+
+
+def assert_user_error(args, expected: str) -> None:
+    result, text = run(*args)
+    assert result.exit_code == 2, text
+    assert "Traceback" not in text
+    lines = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and expected in lines[0], text
+
+
+def test_generate_writes_png_with_parameters(tiny_exports, tmp_path):
+    out = tmp_path / "cat.png"
+    result, text = run("generate", "a cat, sitting", "--model", tiny_exports["sd15", "openvino"],
+                       "--steps", 3, "--seed", 42, "--width", 64, "--height", 64, "--output", out)
+    assert result.exit_code == 0, text
+    params = params_from_text(read_parameters(out))
+    assert (params.prompt, params.steps, params.seed, params.width, params.height) == ("a cat, sitting", 3, 42, 64, 64)
+    assert params.sampler == "pndm" and params.guidance == 7.5
+    assert "s/step" in text
+
+
+def test_family_defaults_and_random_seed(tiny_exports, tmp_path):
+    out = tmp_path / "lcm.png"
+    result, text = run("generate", "a dog", "--model", tiny_exports["lcm", "onnx"], "--width", 64,
+                       "--height", 64, "--output", out)
+    assert result.exit_code == 0, text
+    params = params_from_text(read_parameters(out))
+    assert (params.steps, params.guidance, params.sampler) == (4, 8.0, "lcm")
+    assert f"seed: {params.seed}" in text
+
+
+def test_batch_writes_one_file_per_seed(tiny_exports, tmp_path):
+    result, text = run("generate", "x", "--model", tiny_exports["sd15", "onnx"], "--steps", 2, "--seed", 10,
+                       "--batch", 2, "--width", 64, "--height", 64, "--output", tmp_path / "b.png")
+    assert result.exit_code == 0, text
+    seeds = [params_from_text(read_parameters(tmp_path / f"b-{s}.png")).seed for s in (10, 11)]
+    assert seeds == [10, 11]
+
+
+@pytest.mark.parametrize("args,expected", [
+    (("--width", 60), "multiple of 8"),
+    (("--height", 0), "multiple of 8"),
+    (("--steps", 0), "at least 1"),
+    (("--scheduler", "heun"), "unknown scheduler"),
+    (("--batch", 0), "at least 1"),
+    (("--seed", -5), "seed"),
+])
+def test_bad_generate_options(tiny_exports, args, expected):
+    assert_user_error(["generate", "p", "--model", tiny_exports["sd15", "openvino"], *args], expected)
+
+
+def test_missing_and_incomplete_model_folders(tiny_exports, tmp_path):
+    assert_user_error(["generate", "p", "--model", tmp_path / "nope"], "not found")
+    assert_user_error(["generate", "p", "--model", tmp_path], "not an exported sdcpu model")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_exports["sd15", "openvino"], broken)
+    (broken / "unet" / "model.bin").unlink()
+    assert_user_error(["generate", "p", "--model", broken], "missing unet/model.bin")
+    (broken / "manifest.json").write_text("{not json")
+    assert_user_error(["generate", "p", "--model", broken], "corrupt")
+
+
+def test_export_errors(tiny_sources, tiny_exports, tmp_path):
+    assert_user_error(["export", tmp_path / "absent", tmp_path / "o"], "source not found")
+    assert_user_error(["export", tmp_path, tmp_path / "o"], "no model_index.json")
+    assert_user_error(["export", tiny_sources["sd15"], tmp_path / "o", "--precision", "int3"], "precision")
+    assert_user_error(["export", tiny_sources["sd15"], tmp_path / "o", "--format", "tflite"], "format")
+    assert_user_error(["export", tiny_sources["sd15"], tiny_exports["sd15", "onnx"]], "--overwrite")
+
+
+def test_interrupted_export_leaves_nothing_the_runtime_accepts(tiny_sources, tmp_path, monkeypatch):
+    import export.exporter as exporter
+
+    real = exporter.export_onnx
+
+    def interrupt_on_unet(spec, path):
+        if spec.name == "unet":
+            raise KeyboardInterrupt
+        return real(spec, path)
+
+    monkeypatch.setattr(exporter, "export_onnx", interrupt_on_unet)
+    out = tmp_path / "model"
+    result, text = run("export", tiny_sources["sd15"], out)
+    assert result.exit_code == 130 and "Traceback" not in text
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_runtime_never_imports_torch_or_diffusers(tiny_exports, tmp_path):
+    code = (
+        "import sys\n"
+        "from engine.cli import main\n"
+        f"sys.argv = ['sdcpu', 'generate', 'a cat', '--model', r'{tiny_exports['sd15', 'openvino']}',"
+        f" '--steps', '2', '--width', '64', '--height', '64', '--output', r'{tmp_path / 'x.png'}']\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', 'transformers'))\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "x.png").is_file()
