@@ -16,6 +16,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from engine.pipeline import Pipeline, Request  # noqa: E402
 from engine.samplers import SAMPLERS  # noqa: E402
+from engine.schedules import SAMPLER_SCHEDULERS  # noqa: E402
 
 SIZES = ((64, 64), (96, 64))
 SD15_STEPS = 8
@@ -25,9 +26,8 @@ MAX_MEAN_ABS_DIFF = 1.0  # in uint8 levels, i.e. 1/255
 
 def diffusers_scheduler(name: str, config):
     """The diffusers scheduler our sampler `name` reproduces, built from the model's config."""
-    spec = SAMPLERS[name]
-    cls = getattr(diffusers, spec.diffusers_class)
-    return cls.from_config(config, **spec.diffusers_kwargs)
+    class_name, overrides = SAMPLER_SCHEDULERS[name]
+    return getattr(diffusers, class_name).from_config(config, **overrides)
 
 
 @functools.lru_cache(maxsize=None)
@@ -38,13 +38,13 @@ def _reference_pipe(source: str):
 
 
 @functools.lru_cache(maxsize=None)
-def reference_image(source: str, sampler: str, prompt: str, negative: str, steps: int,
+def reference_image(source: str, sampler: str, prompt: str, negative_prompt: str, steps: int,
                     guidance: float, seed: int, width: int, height: int, batch: int = 1) -> np.ndarray:
     """diffusers' uint8 images (B, H, W, 3), one torch generator per image seeded seed+i."""
     pipe = _reference_pipe(source)
     original = pipe.scheduler
     pipe.scheduler = diffusers_scheduler(sampler, original.config)
-    kwargs = {} if negative == "" else {"negative_prompt": negative}
+    kwargs = {"negative_prompt": [negative_prompt] * batch} if negative_prompt else {}
     generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(batch)]
     try:
         out = pipe(

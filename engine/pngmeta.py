@@ -1,0 +1,230 @@
+"""Generation parameters in a PNG ``parameters`` text chunk, in Automatic1111's infotext format.
+
+The text is A1111's ``create_infotext`` layout: the prompt, an optional ``Negative prompt: ...``
+line, then one line of ``Key: value`` pairs joined by ", ", a value JSON-quoted when it holds a
+comma, colon or newline. After A1111's own keys come sdcpu's: ``sdcpu sampler`` (our exact sampler
+name), ``Backend``, ``Precision``, ``Family`` and ``Version: sdcpu X.Y.Z``. Our parser is A1111's
+``parse_generation_parameters`` except that it keeps prompt lines unstripped, so that our prompts
+round-trip exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
+
+PARAMETERS_KEY = "parameters"
+NEGATIVE_PREFIX = "Negative prompt:"
+VERSION_PREFIX = "sdcpu "
+PARAM_PATTERN = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+SIZE_PATTERN = re.compile(r"^(\d+)x(\d+)$")
+MIN_PARAMS_ON_LAST_LINE = 3
+REQUIRED_KEYS = ("Steps", "Sampler", "CFG scale", "Seed", "Size")
+
+A1111_SAMPLERS = {
+    "euler": ("Euler", "Automatic"),
+    "euler-a": ("Euler a", "Automatic"),
+    "ddim": ("DDIM", "Automatic"),
+    "dpm++2m": ("DPM++ 2M", "Automatic"),
+    "dpm++2m-karras": ("DPM++ 2M", "Karras"),
+    "lcm": ("LCM", "Automatic"),
+    "pndm": ("PLMS", "Automatic"),
+}
+A1111_LEGACY_LABELS = {"DPM++ 2M Karras": "dpm++2m-karras", "k_euler": "euler", "k_euler_a": "euler-a"}
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Everything needed to make one image again; sdcpu-only fields are empty when read from A1111."""
+
+    prompt: str
+    negative_prompt: str
+    steps: int
+    sampler: str
+    guidance: float
+    seed: int
+    width: int
+    height: int
+    model: str
+    model_family: str = ""
+    backend: str = ""
+    precision: str = ""
+    sdcpu_version: str = ""
+
+    def __post_init__(self):
+        if self.sampler not in A1111_SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; known: {', '.join(A1111_SAMPLERS)}")
+
+
+def quote(value) -> str:
+    """A1111's infotext_utils.quote (comma, colon or newline), plus outer whitespace or quote."""
+    text = str(value)
+    if any(mark in text for mark in (",", ":", "\n")) or text != text.strip() or text.startswith('"'):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def unquote(text: str) -> str:
+    """A1111's infotext_utils.unquote: undo quote(), leaving malformed JSON as it is."""
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def format_number(value: float) -> str:
+    """Shortest exact text for a float, without a trailing .0 (7.0 -> "7")."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def parameter_items(p: GenerationParams) -> list[tuple[str, str]]:
+    """The key-value line of p, A1111's keys first, in A1111's order."""
+    label, schedule = A1111_SAMPLERS[p.sampler]
+    items = [("Steps", p.steps), ("Sampler", label), ("Schedule type", schedule),
+             ("CFG scale", format_number(p.guidance)), ("Seed", p.seed), ("Size", f"{p.width}x{p.height}"),
+             ("Model", p.model), ("sdcpu sampler", p.sampler), ("Backend", p.backend),
+             ("Precision", p.precision), ("Family", p.model_family),
+             ("Version", VERSION_PREFIX + p.sdcpu_version if p.sdcpu_version else "")]
+    return [(key, str(value)) for key, value in items if str(value) != ""]
+
+
+def format_parameters(p: GenerationParams) -> str:
+    """The infotext of p, as Automatic1111's create_infotext lays it out."""
+    pairs = ", ".join(f"{key}: {quote(value)}" for key, value in parameter_items(p))
+    negative = f"\n{NEGATIVE_PREFIX} {p.negative_prompt}" if p.negative_prompt else ""
+    return f"{p.prompt}{negative}\n{pairs}"
+
+
+def split_prompts(lines: list[str]) -> tuple[str, str]:
+    """(prompt, negative prompt) from the lines above the key-value line."""
+    for index, line in enumerate(lines):
+        if line.startswith(NEGATIVE_PREFIX):
+            negative = line[len(NEGATIVE_PREFIX):]
+            negative = negative[1:] if negative.startswith(" ") else negative
+            return "\n".join(lines[:index]), "\n".join([negative, *lines[index + 1:]])
+    return "\n".join(lines), ""
+
+
+def parse_parameters(text: str) -> dict[str, str]:
+    """Infotext to {"Prompt", "Negative prompt", key: value...}, like A1111's parse_generation_parameters."""
+    *lines, last_line = text.rstrip().split("\n")
+    pairs = PARAM_PATTERN.findall(last_line)
+    if len(pairs) < MIN_PARAMS_ON_LAST_LINE:
+        lines.append(last_line)
+        pairs = []
+    prompt, negative = split_prompts(lines)
+    result = {"Prompt": prompt, "Negative prompt": negative}
+    result.update((key.strip(), unquote(value.strip())) for key, value in pairs)
+    return result
+
+
+def sampler_from_fields(fields: dict[str, str]) -> str:
+    """Our sampler name: sdcpu's own key if present, else mapped back from A1111's label."""
+    if "sdcpu sampler" in fields:
+        return fields["sdcpu sampler"]
+    label, schedule = fields["Sampler"], fields.get("Schedule type", "Automatic")
+    if label in A1111_LEGACY_LABELS:
+        return A1111_LEGACY_LABELS[label]
+    if label == "DPM++ 2M" and schedule == "Karras":
+        return "dpm++2m-karras"
+    for name, (known_label, _) in A1111_SAMPLERS.items():
+        if known_label == label and name != "dpm++2m-karras":
+            return name
+    raise ValueError(f"sampler {label!r} has no sdcpu equivalent (known: {', '.join(A1111_SAMPLERS)})")
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    """(width, height) from A1111's "WxH"."""
+    match = SIZE_PATTERN.match(size)
+    if match is None:
+        raise ValueError(f"size {size!r} is not WIDTHxHEIGHT")
+    return int(match.group(1)), int(match.group(2))
+
+
+def params_from_text(text: str | None) -> GenerationParams:
+    """Rebuild GenerationParams from our infotext or a real Automatic1111 one."""
+    fields = parse_parameters(text or "")
+    missing = [key for key in REQUIRED_KEYS if key not in fields]
+    if len(missing) == len(REQUIRED_KEYS):
+        raise ValueError("no generation parameters found in the text")
+    if missing:
+        raise ValueError(f"generation parameters lack {', '.join(missing)}")
+    width, height = parse_size(fields["Size"])
+    version = fields.get("Version", "")
+    try:
+        return GenerationParams(
+            prompt=fields["Prompt"], negative_prompt=fields["Negative prompt"], steps=int(fields["Steps"]),
+            sampler=sampler_from_fields(fields), guidance=float(fields["CFG scale"]), seed=int(fields["Seed"]),
+            width=width, height=height, model=fields.get("Model", ""), model_family=fields.get("Family", ""),
+            backend=fields.get("Backend", ""), precision=fields.get("Precision", ""),
+            sdcpu_version=version[len(VERSION_PREFIX):] if version.startswith(VERSION_PREFIX) else "")
+    except ValueError as error:
+        raise ValueError(f"bad generation parameters: {error}") from None
+
+
+def check_image(image: np.ndarray) -> None:
+    """Refuse anything but an HxWx3 uint8 array."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", None)
+        raise ValueError(f"image must be a uint8 HxWx3 array, got {getattr(image, 'dtype', type(image))} {shape}")
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename in DIRECTORY durable where the OS allows opening directories (POSIX)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_png(file, image: np.ndarray, params: GenerationParams) -> None:
+    """Encode IMAGE as PNG with its infotext in a ``parameters`` chunk (tEXt, or iTXt beyond Latin-1)."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text(PARAMETERS_KEY, format_parameters(params))
+    Image.fromarray(image).save(file, format="PNG", pnginfo=info)
+
+
+def save_png(path, image: np.ndarray, params: GenerationParams) -> Path:
+    """Write the PNG atomically: temp file beside PATH, fsync, os.replace; the old file survives errors."""
+    check_image(image)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            write_png(file, image, params)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+    return path
+
+
+def read_parameters(path) -> str | None:
+    """The ``parameters`` text chunk of a PNG (ours or Automatic1111's), or None if it has none."""
+    try:
+        with Image.open(path) as image:
+            text_chunks = getattr(image, "text", None) or {}
+            return text_chunks.get(PARAMETERS_KEY, image.info.get(PARAMETERS_KEY))
+    except UnidentifiedImageError:
+        raise ValueError(f"{path} is not an image file") from None
