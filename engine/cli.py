@@ -67,12 +67,12 @@ def generate(
     prompt: str = typer.Argument(..., help="What to draw."),
     model: Path = typer.Option(..., "--model", help="Exported model folder (from `sdcpu export`)."),
     negative_prompt: str = typer.Option("", "--negative-prompt", help="What to steer away from (CFG only)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps [default: the family's, e.g. 25 for SD1.5, 4 for LCM]."),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale; <= 1 turns CFG off [default: the family's]."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps. Default: the family's (25 for SD1.5, 4 for LCM)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale; <= 1 turns CFG off. Default: the family's (7.5 for SD1.5, 8 for LCM)."),
     seed: int = typer.Option(-1, "--seed", help="Seed of the initial noise; -1 picks one and prints it."),
-    width: Optional[int] = typer.Option(None, "--width", help="Image width, a multiple of 8 [default: the model's native size]."),
-    height: Optional[int] = typer.Option(None, "--height", help="Image height, a multiple of 8 [default: the model's native size]."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="euler, euler-a, ddim, dpm++2m, dpm++2m-karras, lcm, pndm [default: the model's scheduler config]."),
+    width: Optional[int] = typer.Option(None, "--width", help="Image width, a multiple of 8. Default: the model's native size."),
+    height: Optional[int] = typer.Option(None, "--height", help="Image height, a multiple of 8. Default: the model's native size."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="euler, euler-a, ddim, dpm++2m, dpm++2m-karras, lcm, pndm. Default: the one the model's scheduler config names."),
     batch: int = typer.Option(1, "--batch", help="Number of images; image i uses seed+i."),
     output: Path = typer.Option(Path("sdcpu.png"), "--output", "-o", help="PNG path; with --batch N, -SEED is added to each name."),
 ):
@@ -97,6 +97,7 @@ def demo(
     from export.exporter import export_model
     from export.tiny import build_tiny_pipeline
 
+    typer.echo("building a tiny random-weight SD1.5-style pipeline (offline)")
     source = build_tiny_pipeline(work_dir / "tiny-sd15-diffusers")
     exported = work_dir / f"tiny-sd15-{format}"
     export_model(str(source), exported, fmt=format, overwrite=True, log=typer.echo)

@@ -21,6 +21,7 @@ from engine.errors import UserError
 from engine.manifest import Manifest, load_manifest
 from engine.noise import TorchCompatibleNoise
 from engine.samplers import SAMPLERS, default_sampler_for, run_sampler
+from engine.schedules import make_schedule
 from engine.tokenizer import ClipTokenizer
 
 StepCallback = Callable[[int, int], None]
@@ -102,7 +103,11 @@ class Pipeline:
         return self.manifest.time_cond_proj_dim is not None
 
     def default_sampler(self) -> str:
-        return default_sampler_for(self.scheduler_config)
+        """The sampler that reproduces the scheduler the model's config names (as diffusers)."""
+        try:
+            return default_sampler_for(self.scheduler_config)
+        except ValueError as exc:
+            raise UserError(f"{self.folder}: {exc}; pick one with --scheduler") from None
 
     def uses_cfg(self, guidance: float) -> bool:
         """CFG only when guidance > 1 and the UNet has no guidance embedding (as diffusers)."""
@@ -124,6 +129,10 @@ class Pipeline:
                 raise UserError(f"--{side} must be a positive multiple of {multiple} (got {value})")
         if request.sampler not in SAMPLERS:
             raise UserError(f"unknown scheduler {request.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        try:
+            make_schedule(request.sampler, self.scheduler_config, request.steps)
+        except ValueError as exc:
+            raise UserError(f"scheduler {request.sampler}: {exc}") from None
         if not math.isfinite(request.guidance) or request.guidance < 0:
             raise UserError(f"--guidance must be a number >= 0 (got {request.guidance})")
 

@@ -18,14 +18,11 @@ from engine.schedules import SAMPLER_SCHEDULERS, Schedule, make_schedule
 Callback = Callable[[int, int, np.ndarray, np.ndarray], None]
 
 
-class NumpyNoise:
-    """Fallback generator when none is given: numpy normal draws (not torch-compatible)."""
-
-    def __init__(self, seed: int | None = None):
-        self.rng = np.random.default_rng(seed)
-
-    def randn(self, shape) -> np.ndarray:
-        return self.rng.standard_normal(shape, dtype=np.float32)
+def _require_generator(generator, sampler: str):
+    """Ancestral samplers draw fresh noise; it must come from the caller's seeded generator."""
+    if generator is None:
+        raise ValueError(f"sampler {sampler!r} draws noise every step: pass the seeded generator")
+    return generator
 
 
 def _notify(callback: Callback | None, i: int, n: int, x: np.ndarray, denoised: np.ndarray) -> None:
@@ -67,7 +64,7 @@ def ancestral_step(sigma: float, sigma_next: float) -> tuple[float, float]:
 
 def sample_euler_ancestral(model, x, schedule: Schedule, generator=None, callback=None) -> np.ndarray:
     """Ancestral Euler (k-diffusion); diffusers' EulerAncestralDiscreteScheduler, which draws every step."""
-    generator = generator or NumpyNoise()
+    generator = _require_generator(generator, "euler-a")
     sigmas = [float(s) for s in schedule.sigmas]
     for i, t in enumerate(schedule.timesteps):
         denoised = model(x, sigmas[i], float(t))
@@ -152,7 +149,7 @@ def sample_dpmpp_2m(model, x, schedule: Schedule, generator=None, callback=None)
 
 def sample_lcm(model, x, schedule: Schedule, generator=None, callback=None) -> np.ndarray:
     """Latent consistency sampling (Luo et al. 2023); diffusers' LCMScheduler, fresh noise between steps."""
-    generator = generator or NumpyNoise()
+    generator = _require_generator(generator, "lcm")
     sigmas = [float(s) for s in schedule.sigmas]
     n = len(schedule.timesteps)
     for i, t in enumerate(schedule.timesteps):

@@ -95,6 +95,10 @@ def _tiny_text_encoder(vocab_size: int, bos_id: int, eos_id: int, pad_id: int):
 def build_tiny_pipeline(out_dir: Path, family: str = "sd15", seed: int = 0) -> Path:
     """Write a tiny random diffusers pipeline folder for `family` ("sd15" or "lcm")."""
     import torch
+
+    from export.source import quiet_libraries
+
+    quiet_libraries()
     from diffusers import (
         LatentConsistencyModelPipeline,
         LCMScheduler,

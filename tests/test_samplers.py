@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from engine.denoisers import denoiser_from_eps, denoiser_from_v
+from engine.noise import TorchCompatibleNoise
 from engine.samplers import SAMPLERS, default_sampler_for, run_sampler
 from engine.schedules import SAMPLER_SCHEDULERS, karras_sigmas, make_schedule, sigma_to_t
 
@@ -163,8 +164,16 @@ def test_golden_values(name):
 def test_callback_once_per_step(name):
     seen = []
     model = denoiser_from_eps(dummy_np)
-    run_sampler(name, model, initial_sample(), SD15, 5, None, lambda i, n, x, d: seen.append((i, n)))
+    x = initial_sample()
+    generator = TorchCompatibleNoise.from_seed(0, batch=len(x))
+    run_sampler(name, model, x, SD15, 5, generator, lambda i, n, x, d: seen.append((i, n)))
     assert seen == [(i, 5) for i in range(5)]
+
+
+@pytest.mark.parametrize("name", ["euler-a", "lcm"])
+def test_noise_drawing_samplers_need_the_seeded_generator(name):
+    with pytest.raises(ValueError, match="seeded generator"):
+        run_sampler(name, denoiser_from_eps(dummy_np), initial_sample(), SD15, 4, None)
 
 
 def test_unknown_sampler_is_a_value_error():
