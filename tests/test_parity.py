@@ -16,7 +16,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from engine.pipeline import Pipeline, Request  # noqa: E402
 from engine.samplers import SAMPLERS  # noqa: E402
-from engine.schedules import SAMPLER_SCHEDULERS  # noqa: E402
+from export.reference import image_difference, load_reference, reference_images  # noqa: E402
 
 SIZES = ((64, 64), (96, 64))
 SD15_STEPS = 8
@@ -24,36 +24,14 @@ SEED = 1234
 MAX_MEAN_ABS_DIFF = 1.0  # in uint8 levels, i.e. 1/255
 
 
-def diffusers_scheduler(name: str, config):
-    """The diffusers scheduler our sampler `name` reproduces, built from the model's config."""
-    class_name, overrides = SAMPLER_SCHEDULERS[name]
-    return getattr(diffusers, class_name).from_config(config, **overrides)
+@functools.lru_cache(maxsize=None)
+def reference_image(source: str, **request) -> np.ndarray:
+    return reference_images(_reference_pipe(source), **request)
 
 
 @functools.lru_cache(maxsize=None)
 def _reference_pipe(source: str):
-    pipe = diffusers.DiffusionPipeline.from_pretrained(source, dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@functools.lru_cache(maxsize=None)
-def reference_image(source: str, sampler: str, prompt: str, negative_prompt: str, steps: int,
-                    guidance: float, seed: int, width: int, height: int, batch: int = 1) -> np.ndarray:
-    """diffusers' uint8 images (B, H, W, 3), one torch generator per image seeded seed+i."""
-    pipe = _reference_pipe(source)
-    original = pipe.scheduler
-    pipe.scheduler = diffusers_scheduler(sampler, original.config)
-    kwargs = {"negative_prompt": [negative_prompt] * batch} if negative_prompt else {}
-    generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(batch)]
-    try:
-        out = pipe(
-            [prompt] * batch, num_inference_steps=steps, guidance_scale=guidance, width=width, height=height,
-            generator=generators, output_type="np", **kwargs,
-        ).images
-    finally:
-        pipe.scheduler = original
-    return np.round(out * 255).astype(np.uint8)
+    return load_reference(source)
 
 
 @functools.lru_cache(maxsize=None)
@@ -67,11 +45,9 @@ def ours(folder, **request) -> np.ndarray:
 
 
 def assert_same_image(ours_img: np.ndarray, ref_img: np.ndarray) -> None:
-    assert ours_img.shape == ref_img.shape
     assert ref_img.std() > 5, "reference image is flat: the comparison would prove nothing"
-    diff = np.abs(ours_img.astype(np.int16) - ref_img.astype(np.int16))
-    print(f"max diff {diff.max()}, mean diff {diff.mean():.4f}")
-    assert diff.mean() <= MAX_MEAN_ABS_DIFF
+    diff = image_difference(ours_img, ref_img)
+    assert diff["mean"] <= MAX_MEAN_ABS_DIFF, diff
 
 
 @pytest.mark.parametrize("fmt", ["openvino", "onnx"])
