@@ -19,9 +19,10 @@ COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 
 @dataclass
 class ComponentEntry:
-    """One exported graph: its file, declared inputs/outputs and export-time parity figures."""
+    """One exported graph: its main file, all its files, declared inputs/outputs, parity figures."""
 
     file: str
+    files: list[str]
     inputs: dict[str, dict[str, Any]]
     outputs: dict[str, dict[str, Any]]
     parity: dict[str, float] = field(default_factory=dict)
@@ -77,11 +78,6 @@ def write_manifest(folder: Path, manifest: Manifest) -> Path:
     return path
 
 
-def _component_files(folder: Path, entry: ComponentEntry) -> list[Path]:
-    main = folder / entry.file
-    return [main, main.with_suffix(".bin")] if main.suffix == ".xml" else [main]
-
-
 def load_manifest(folder: Path) -> Manifest:
     """Read and check a model folder; any missing or corrupt piece is a UserError."""
     folder = Path(folder)
@@ -109,7 +105,7 @@ def _check_files(folder: Path, manifest: Manifest) -> None:
     missing = [c for c in COMPONENTS if c not in manifest.components]
     if missing:
         raise UserError(f"incomplete model folder {folder}: manifest lacks {', '.join(missing)}")
-    needed = [p for e in manifest.components.values() for p in _component_files(folder, e)]
+    needed = [folder / f for e in manifest.components.values() for f in e.files]
     needed += [folder / manifest.scheduler_config, folder / manifest.tokenizer]
     absent = [str(p.relative_to(folder)) for p in needed if not p.exists()]
     if absent:

@@ -10,6 +10,7 @@ graph, so both backends run one traced graph.
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
@@ -52,3 +53,25 @@ def onnx_to_openvino(onnx_path: Path, xml_path: Path) -> Path:
     model = ov.convert_model(str(onnx_path))
     ov.save_model(model, str(xml_path), compress_to_fp16=False)
     return xml_path
+
+
+def consolidate_onnx(traced: Path, path: Path) -> list[Path]:
+    """Rewrite a traced ONNX file as `path` and return its files.
+
+    Past protobuf's 2 GB limit the tracer writes one file per weight tensor (hundreds for a
+    UNet); those are gathered into a single `path.data` beside the graph.
+    """
+    import onnx
+
+    has_external_data = any(f != traced for f in traced.parent.iterdir())
+    files = [path]
+    if has_external_data:
+        data = path.with_name(path.name + ".data")
+        model = onnx.load(str(traced), load_external_data=True)
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=1024)
+        files.append(data)
+    else:
+        shutil.move(str(traced), str(path))
+    shutil.rmtree(traced.parent)
+    return files

@@ -21,7 +21,7 @@ from export.components import (
     unet_spec,
     vae_decoder_spec,
 )
-from export.convert import export_onnx, onnx_to_openvino
+from export.convert import consolidate_onnx, export_onnx, onnx_to_openvino
 from export.parity import compare_component, require_fp32_parity
 from export.source import detect_family, load_pipeline
 
@@ -44,19 +44,17 @@ def _value_info(values) -> dict[str, dict]:
 def _export_component(spec: ComponentSpec, folder: Path, fmt: str, log: Log) -> ComponentEntry:
     """Trace, convert, reload with our runtime, and check parity against torch."""
     started = time.perf_counter()
-    onnx_file = export_onnx(spec, folder / spec.name / "model.onnx")
-    graph = onnx.load(str(onnx_file), load_external_data=False).graph
-    entry = ComponentEntry(
-        file=str(onnx_file.relative_to(folder)),
-        inputs=_value_info(graph.input),
-        outputs=_value_info(graph.output),
-    )
+    trace = export_onnx(spec, folder / spec.name / "trace" / "model.onnx")
+    graph = onnx.load(str(trace), load_external_data=False).graph
+    inputs, outputs = _value_info(graph.input), _value_info(graph.output)
     if fmt == "openvino":
-        xml = onnx_to_openvino(onnx_file, folder / spec.name / "model.xml")
-        for leftover in onnx_file.parent.iterdir():
-            if leftover.suffix not in (".xml", ".bin"):
-                leftover.unlink()
-        entry.file = str(xml.relative_to(folder))
+        xml = onnx_to_openvino(trace, folder / spec.name / "model.xml")
+        shutil.rmtree(trace.parent)
+        files = [xml, xml.with_suffix(".bin")]
+    else:
+        files = consolidate_onnx(trace, folder / spec.name / "model.onnx")
+    relative = [str(f.relative_to(folder)) for f in files]
+    entry = ComponentEntry(file=relative[0], files=relative, inputs=inputs, outputs=outputs)
     runtime_graph = load_graph(folder, spec.name, entry, fmt, "fp32")
     entry.parity = compare_component(spec, runtime_graph)
     require_fp32_parity(spec.name, entry.parity)
