@@ -87,10 +87,22 @@ def load_onnxruntime(path: Path, name: str, entry: ComponentEntry) -> Graph:
     return Graph(name, entry, run)
 
 
+def _short_reason(exc: Exception) -> str:
+    """The informative line of a backend's multi-line error (not its source-location lines)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Exception from", "Check '"))]
+    return (useful or lines or [type(exc).__name__])[-1]
+
+
 def load_graph(folder: Path, name: str, entry: ComponentEntry, fmt: str, precision: str) -> Graph:
     """Load component `name` of an exported folder with the backend its format calls for."""
-    if fmt == "openvino":
-        return load_openvino(folder / entry.file, name, entry, precision)
-    if fmt == "onnx":
-        return load_onnxruntime(folder / entry.file, name, entry)
-    raise UserError(f"unknown backend {fmt!r}; choose one of {', '.join(BACKENDS)}")
+    loaders = {
+        "openvino": lambda: load_openvino(folder / entry.file, name, entry, precision),
+        "onnx": lambda: load_onnxruntime(folder / entry.file, name, entry),
+    }
+    if fmt not in loaders:
+        raise UserError(f"unknown backend {fmt!r}; choose one of {', '.join(BACKENDS)}")
+    try:
+        return loaders[fmt]()
+    except Exception as exc:  # any backend failure to read a file means a corrupt model folder
+        raise UserError(f"cannot load {name} from {folder}: {_short_reason(exc)}") from None

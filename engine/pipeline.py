@@ -92,10 +92,7 @@ class Pipeline:
         tokenizer = ClipTokenizer.from_folder(folder / manifest.tokenizer)
         graphs = {}
         for name, entry in manifest.components.items():
-            try:
-                graphs[name] = load_graph(folder, name, entry, manifest.format, manifest.precision)
-            except RuntimeError as exc:
-                raise UserError(f"cannot load {name} from {folder}: {str(exc).splitlines()[0]}") from None
+            graphs[name] = load_graph(folder, name, entry, manifest.format, manifest.precision)
         return cls(folder, manifest, graphs, tokenizer, config)
 
     @property

@@ -75,8 +75,14 @@ def test_missing_and_incomplete_model_folders(tiny_exports, tmp_path):
     assert_user_error(["generate", "p", "--model", tmp_path], "not an exported sdcpu model")
     broken = tmp_path / "broken"
     shutil.copytree(tiny_exports["sd15", "openvino"], broken)
+    (broken / "unet" / "model.bin").write_bytes(b"truncated")
+    assert_user_error(["generate", "p", "--model", broken], "cannot load unet")
     (broken / "unet" / "model.bin").unlink()
     assert_user_error(["generate", "p", "--model", broken], "missing unet/model.bin")
+    onnx_copy = tmp_path / "broken-onnx"
+    shutil.copytree(tiny_exports["sd15", "onnx"], onnx_copy)
+    (onnx_copy / "vae_decoder" / "model.onnx").write_bytes(b"not a protobuf")
+    assert_user_error(["generate", "p", "--model", onnx_copy], "cannot load vae_decoder")
     (broken / "manifest.json").write_text("{not json")
     assert_user_error(["generate", "p", "--model", broken], "corrupt")
 
