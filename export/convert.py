@@ -70,6 +70,7 @@ def consolidate_onnx(traced: Path, path: Path) -> list[Path]:
         model = onnx.load(str(traced), load_external_data=True)
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=data.name, size_threshold=1024)
+        data.chmod(0o644)
         files.append(data)
     else:
         shutil.move(str(traced), str(path))
