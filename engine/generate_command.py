@@ -56,6 +56,13 @@ def params_for(pipe: Pipeline, request: Request, seed: int) -> GenerationParams:
     )
 
 
+def _advance(bar: tqdm, step: int, total: int) -> None:
+    """One step done; the bar stops its clock at the last step, before the VAE decode."""
+    bar.update(1)
+    if step + 1 == total:
+        bar.close()
+
+
 def _report_timings(result, steps: int) -> None:
     t = result.timings
     per_step = t["denoise"] / steps
@@ -78,7 +85,7 @@ def run_generate(prompt: str, model: Path, negative_prompt: str = "", steps=None
     if request.negative_prompt and not pipe.uses_cfg(request.guidance):
         typer.echo("note: the negative prompt is unused without classifier-free guidance", err=True)
     with tqdm(total=request.steps, desc="denoising", unit="step", file=typer.get_text_stream("stderr")) as bar:
-        result = pipe.generate(request, on_step=lambda i, n: bar.update(1))
+        result = pipe.generate(request, on_step=lambda i, n: _advance(bar, i, n))
     paths = output_paths(Path(output), result.seeds)
     for path, image, image_seed in zip(paths, result.images, result.seeds):
         save_png(path, image, params_for(pipe, request, image_seed))
