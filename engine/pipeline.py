@@ -19,7 +19,7 @@ from engine.backends import Graph, load_graph
 from engine.denoisers import denoiser_from_eps, denoiser_from_v
 from engine.errors import UserError
 from engine.manifest import Manifest, load_manifest
-from engine.noise import TorchCompatibleNoise
+from engine.noise import SEED_LIMIT, TorchCompatibleNoise
 from engine.samplers import SAMPLERS, default_sampler_for, run_sampler
 from engine.schedules import make_schedule
 from engine.tokenizer import ClipTokenizer
@@ -49,7 +49,7 @@ class Result:
     images: list[np.ndarray]
     seeds: list[int]
     timings: dict[str, float] = field(default_factory=dict)
-    unet_step_seconds: list[float] = field(default_factory=list)
+    unet_call_seconds: list[float] = field(default_factory=list)
 
 
 def guidance_scale_embedding(w: np.ndarray, dim: int) -> np.ndarray:
@@ -121,6 +121,8 @@ class Pipeline:
             raise UserError(f"--steps must be at least 1 (got {request.steps})")
         if request.batch < 1:
             raise UserError(f"--batch must be at least 1 (got {request.batch})")
+        if request.seed + request.batch > SEED_LIMIT:
+            raise UserError(f"--seed + --batch - 1 must stay below 2**64 (got seed {request.seed})")
         for side, value in (("width", request.width), ("height", request.height)):
             if value < multiple or value % multiple:
                 raise UserError(f"--{side} must be a positive multiple of {multiple} (got {value})")
@@ -140,14 +142,14 @@ class Pipeline:
         uncond = np.repeat(self.encode([request.negative_prompt]), request.batch, axis=0)
         return np.concatenate([uncond, cond])
 
-    def _eps_model(self, request: Request, context: np.ndarray, cfg: bool, step_times: list):
-        """The UNet as an eps(x_vp, t) function, with CFG or the LCM guidance embedding."""
+    def _unet_prediction(self, request: Request, context: np.ndarray, cfg: bool, call_times: list):
+        """The UNet as f(x_vp, t) -> its prediction (eps or v), guided by CFG or LCM's embedding."""
         extra = {}
         if self.has_guidance_embedding:
             w = np.full(len(context), request.guidance - 1.0, np.float32)
             extra["timestep_cond"] = guidance_scale_embedding(w, self.manifest.time_cond_proj_dim)
 
-        def eps(x: np.ndarray, t: float) -> np.ndarray:
+        def predict(x: np.ndarray, t: float) -> np.ndarray:
             started = time.perf_counter()
             sample = np.concatenate([x, x]) if cfg else x
             out = self.unet(
@@ -157,15 +159,15 @@ class Pipeline:
             if cfg:
                 uncond, cond = np.split(out, 2)
                 out = uncond + np.float32(request.guidance) * (cond - uncond)
-            step_times.append(time.perf_counter() - started)
+            call_times.append(time.perf_counter() - started)
             return out
 
-        return eps
+        return predict
 
-    def _denoiser(self, eps_model):
+    def _denoiser(self, unet_prediction):
         if self.scheduler_config.get("prediction_type", "epsilon") == "v_prediction":
-            return denoiser_from_v(eps_model)
-        return denoiser_from_eps(eps_model)
+            return denoiser_from_v(unet_prediction)
+        return denoiser_from_eps(unet_prediction)
 
     def decode(self, latents: np.ndarray) -> list[np.ndarray]:
         """VAE-decode one image at a time (lower peak memory than the whole batch)."""
@@ -175,7 +177,7 @@ class Pipeline:
     def generate(self, request: Request, on_step: StepCallback | None = None) -> Result:
         """Run one request; `on_step(i, n)` is called after each denoising step."""
         self.validate(request)
-        timings, step_times = {}, []
+        timings, call_times = {}, []
         started = time.perf_counter()
         cfg = self.uses_cfg(request.guidance)
         context = self._context(request, cfg)
@@ -186,7 +188,7 @@ class Pipeline:
         factor = self.manifest.vae_scale_factor
         shape = (request.batch, self.manifest.latent_channels, request.height // factor, request.width // factor)
         noise = generator.randn(shape)
-        model = self._denoiser(self._eps_model(request, context, cfg, step_times))
+        model = self._denoiser(self._unet_prediction(request, context, cfg, call_times))
         callback = (lambda i, n, x, denoised: on_step(i, n)) if on_step else None
         t0 = time.perf_counter()
         latents = run_sampler(request.sampler, model, noise, self.scheduler_config, request.steps, generator, callback)
@@ -196,4 +198,4 @@ class Pipeline:
         images = self.decode(latents)
         timings["vae_decoder"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - started
-        return Result(images=images, seeds=seeds, timings=timings, unet_step_seconds=step_times)
+        return Result(images=images, seeds=seeds, timings=timings, unet_call_seconds=call_times)

@@ -65,6 +65,8 @@ def test_batch_writes_one_file_per_seed(tiny_exports, tmp_path):
     (("--scheduler", "heun"), "unknown scheduler"),
     (("--batch", 0), "at least 1"),
     (("--seed", -5), "seed"),
+    (("--seed", 2**64), "seed"),
+    (("--seed", 2**64 - 1, "--batch", 2), "below 2**64"),
 ])
 def test_bad_generate_options(tiny_exports, args, expected):
     assert_user_error(["generate", "p", "--model", tiny_exports["sd15", "openvino"], *args], expected)
