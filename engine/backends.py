@@ -18,17 +18,21 @@ BACKENDS = ("openvino", "onnx")
 
 
 class Graph:
-    """One compiled component: `graph(**inputs) -> first output` as a numpy array."""
+    """One compiled component: `graph(**inputs)` gives its first output, `graph.run` all of them."""
 
-    def __init__(self, name: str, entry: ComponentEntry, run: Callable[[dict], np.ndarray]):
+    def __init__(self, name: str, entry: ComponentEntry, run: Callable[[dict], dict[str, np.ndarray]]):
         self.name = name
         self.entry = entry
         self._run = run
         self.calls = 0
 
-    def __call__(self, **feeds: np.ndarray) -> np.ndarray:
+    def run(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
+        """All outputs by name."""
         self.calls += 1
         return self._run(self._checked(feeds))
+
+    def __call__(self, **feeds: np.ndarray) -> np.ndarray:
+        return next(iter(self.run(**feeds).values()))
 
     def _checked(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         declared = self.entry.inputs
@@ -64,10 +68,11 @@ def load_openvino(path: Path, name: str, entry: ComponentEntry, precision: str) 
     core = ov.Core()
     compiled = core.compile_model(core.read_model(str(path)), "CPU", _ov_precision_hint(precision))
     request = compiled.create_infer_request()
-    output = compiled.output(0)
+    outputs = {name: compiled.output(name) for name in entry.outputs}
 
-    def run(feeds: dict) -> np.ndarray:
-        return request.infer(feeds)[output].copy()
+    def run(feeds: dict) -> dict[str, np.ndarray]:
+        result = request.infer(feeds)
+        return {name: result[port].copy() for name, port in outputs.items()}
 
     return Graph(name, entry, run)
 
@@ -79,10 +84,10 @@ def load_onnxruntime(path: Path, name: str, entry: ComponentEntry) -> Graph:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    output = session.get_outputs()[0].name
+    names = list(entry.outputs)
 
-    def run(feeds: dict) -> np.ndarray:
-        return session.run([output], feeds)[0]
+    def run(feeds: dict) -> dict[str, np.ndarray]:
+        return dict(zip(names, session.run(names, feeds)))
 
     return Graph(name, entry, run)
 

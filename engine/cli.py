@@ -54,7 +54,7 @@ def export(
     precision: str = typer.Option("fp32", "--precision", help="Weight precision: fp32."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT_DIR if it already holds something."),
 ):
-    """Export a diffusers SD1.5 / LCM pipeline to a self-describing sdcpu model folder."""
+    """Export a diffusers SD1.5, LCM, SDXL or SDXL-Turbo pipeline to a self-describing sdcpu model folder."""
     _require_exporter()
     from export.exporter import export_model
 
@@ -67,8 +67,8 @@ def generate(
     prompt: str = typer.Argument(..., help="What to draw."),
     model: Path = typer.Option(..., "--model", help="Exported model folder (from `sdcpu export`)."),
     negative_prompt: str = typer.Option("", "--negative-prompt", help="What to steer away from (CFG only)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps. Default: the family's (25 for SD1.5, 4 for LCM)."),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale; <= 1 turns CFG off. Default: the family's (7.5 for SD1.5, 8 for LCM)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps. Default: the family's (25 for SD1.5, 4 for LCM, 1 for SDXL-Turbo)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale; <= 1 turns CFG off. Default: the family's (7.5 for SD1.5, 8 for LCM, 0 for SDXL-Turbo)."),
     seed: int = typer.Option(-1, "--seed", help="Seed of the initial noise; -1 picks one and prints it."),
     width: Optional[int] = typer.Option(None, "--width", help="Image width, a multiple of 8. Default: the model's native size."),
     height: Optional[int] = typer.Option(None, "--height", help="Image height, a multiple of 8. Default: the model's native size."),

@@ -47,11 +47,14 @@ class Manifest:
     vae_scaling_factor: float
     latent_channels: int
     time_cond_proj_dim: int | None = None
+    tokenizer_2: str | None = None
+    force_zeros_for_empty_prompt: bool = False
+    vae_precision: str = "fp32"
     random_weights: bool = False
     schema: int = MANIFEST_SCHEMA
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        return json.dumps(asdict(self), indent=2)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Manifest":
@@ -101,12 +104,18 @@ def load_manifest(folder: Path) -> Manifest:
     return manifest
 
 
+def required_components(manifest: Manifest) -> tuple[str, ...]:
+    """SDXL families carry a second text encoder."""
+    return COMPONENTS + (("text_encoder_2",) if manifest.tokenizer_2 else ())
+
+
 def _check_files(folder: Path, manifest: Manifest) -> None:
-    missing = [c for c in COMPONENTS if c not in manifest.components]
+    missing = [c for c in required_components(manifest) if c not in manifest.components]
     if missing:
         raise UserError(f"incomplete model folder {folder}: manifest lacks {', '.join(missing)}")
     needed = [folder / f for e in manifest.components.values() for f in e.files]
     needed += [folder / manifest.scheduler_config, folder / manifest.tokenizer]
+    needed += [folder / manifest.tokenizer_2] if manifest.tokenizer_2 else []
     absent = [str(p.relative_to(folder)) for p in needed if not p.exists()]
     if absent:
         raise UserError(f"incomplete model folder {folder}: missing {', '.join(absent)}")

@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from engine.backends import Graph, load_graph
+from engine.conditioning import guidance_scale_embedding, sd_conditioning, sdxl_conditioning
 from engine.denoisers import denoiser_from_eps, denoiser_from_v
 from engine.errors import UserError
 from engine.manifest import Manifest, load_manifest
@@ -52,15 +53,6 @@ class Result:
     unet_call_seconds: list[float] = field(default_factory=list)
 
 
-def guidance_scale_embedding(w: np.ndarray, dim: int) -> np.ndarray:
-    """Sinusoidal embedding of (guidance - 1) * 1000 (LCM, Luo et al. 2023; from VDM)."""
-    half = dim // 2
-    freqs = np.exp(np.arange(half, dtype=np.float32) * -np.float32(math.log(10000.0) / (half - 1)))
-    angles = (np.asarray(w, np.float32) * np.float32(1000.0))[:, None] * freqs[None, :]
-    emb = np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
-    return np.pad(emb, ((0, 0), (0, dim % 2)))
-
-
 def to_uint8_images(decoded: np.ndarray) -> list[np.ndarray]:
     """[-1, 1] NCHW -> uint8 HWC, rounded as diffusers' VaeImageProcessor does."""
     unit = np.clip(decoded / 2 + 0.5, 0.0, 1.0)
@@ -71,13 +63,13 @@ class Pipeline:
     """An exported model folder loaded on its backend, ready to generate."""
 
     def __init__(self, folder: Path, manifest: Manifest, graphs: dict[str, Graph],
-                 tokenizer: ClipTokenizer, scheduler_config: dict):
+                 tokenizers: list[ClipTokenizer], scheduler_config: dict):
         self.folder = folder
         self.manifest = manifest
-        self.text_encoder = graphs["text_encoder"]
+        self.text_encoders = [graphs[n] for n in ("text_encoder", "text_encoder_2") if n in graphs]
         self.unet = graphs["unet"]
         self.vae_decoder = graphs["vae_decoder"]
-        self.tokenizer = tokenizer
+        self.tokenizers = tokenizers
         self.scheduler_config = scheduler_config
 
     @classmethod
@@ -89,11 +81,12 @@ class Pipeline:
             config = json.loads((folder / manifest.scheduler_config).read_text())
         except ValueError as exc:
             raise UserError(f"corrupt scheduler config in {folder}: {exc}") from None
-        tokenizer = ClipTokenizer.from_folder(folder / manifest.tokenizer)
+        names = [manifest.tokenizer] + ([manifest.tokenizer_2] if manifest.tokenizer_2 else [])
+        tokenizers = [ClipTokenizer.from_folder(folder / name) for name in names]
         graphs = {}
         for name, entry in manifest.components.items():
             graphs[name] = load_graph(folder, name, entry, manifest.format, manifest.precision)
-        return cls(folder, manifest, graphs, tokenizer, config)
+        return cls(folder, manifest, graphs, tokenizers, config)
 
     @property
     def has_guidance_embedding(self) -> bool:
@@ -109,10 +102,6 @@ class Pipeline:
     def uses_cfg(self, guidance: float) -> bool:
         """CFG only when guidance > 1 and the UNet has no guidance embedding (as diffusers)."""
         return guidance > 1.0 and not self.has_guidance_embedding
-
-    def encode(self, prompts: list[str]) -> np.ndarray:
-        """CLIP last hidden states for each prompt."""
-        return self.text_encoder(input_ids=self.tokenizer(prompts))
 
     def validate(self, request: Request) -> None:
         """Reject requests the model cannot run, with one line each."""
@@ -135,27 +124,28 @@ class Pipeline:
         if not math.isfinite(request.guidance) or request.guidance < 0:
             raise UserError(f"--guidance must be a number >= 0 (got {request.guidance})")
 
-    def _context(self, request: Request, cfg: bool) -> np.ndarray:
-        cond = np.repeat(self.encode([request.prompt]), request.batch, axis=0)
-        if not cfg:
-            return cond
-        uncond = np.repeat(self.encode([request.negative_prompt]), request.batch, axis=0)
-        return np.concatenate([uncond, cond])
-
-    def _unet_prediction(self, request: Request, context: np.ndarray, cfg: bool, call_times: list):
-        """The UNet as f(x_vp, t) -> its prediction (eps or v), guided by CFG or LCM's embedding."""
-        extra = {}
+    def conditioning(self, request: Request, cfg: bool) -> dict[str, np.ndarray]:
+        """The UNet's inputs besides sample and timestep, for the family of this model."""
+        r = request
+        if len(self.text_encoders) == 2:
+            feeds = sdxl_conditioning(
+                self.tokenizers, self.text_encoders, r.prompt, r.negative_prompt, r.batch, cfg,
+                self.manifest.force_zeros_for_empty_prompt, r.width, r.height,
+            )
+        else:
+            feeds = sd_conditioning(self.tokenizers[0], self.text_encoders[0], r.prompt, r.negative_prompt, r.batch, cfg)
         if self.has_guidance_embedding:
-            w = np.full(len(context), request.guidance - 1.0, np.float32)
-            extra["timestep_cond"] = guidance_scale_embedding(w, self.manifest.time_cond_proj_dim)
+            w = np.full(r.batch, r.guidance - 1.0, np.float32)
+            feeds["timestep_cond"] = guidance_scale_embedding(w, self.manifest.time_cond_proj_dim)
+        return feeds
+
+    def _unet_prediction(self, request: Request, conditioning: dict, cfg: bool, call_times: list):
+        """The UNet as f(x_vp, t) -> its prediction (eps or v), guided by CFG or LCM's embedding."""
 
         def predict(x: np.ndarray, t: float) -> np.ndarray:
             started = time.perf_counter()
             sample = np.concatenate([x, x]) if cfg else x
-            out = self.unet(
-                sample=sample, timestep=np.full(len(sample), t, np.float32),
-                encoder_hidden_states=context, **extra,
-            )
+            out = self.unet(sample=sample, timestep=np.full(len(sample), t, np.float32), **conditioning)
             if cfg:
                 uncond, cond = np.split(out, 2)
                 out = uncond + np.float32(request.guidance) * (cond - uncond)
@@ -180,7 +170,7 @@ class Pipeline:
         timings, call_times = {}, []
         started = time.perf_counter()
         cfg = self.uses_cfg(request.guidance)
-        context = self._context(request, cfg)
+        conditioning = self.conditioning(request, cfg)
         timings["text_encoder"] = time.perf_counter() - started
 
         seeds = [request.seed + i for i in range(request.batch)]
@@ -188,7 +178,7 @@ class Pipeline:
         factor = self.manifest.vae_scale_factor
         shape = (request.batch, self.manifest.latent_channels, request.height // factor, request.width // factor)
         noise = generator.randn(shape)
-        model = self._denoiser(self._unet_prediction(request, context, cfg, call_times))
+        model = self._denoiser(self._unet_prediction(request, conditioning, cfg, call_times))
         callback = (lambda i, n, x, denoised: on_step(i, n)) if on_step else None
         t0 = time.perf_counter()
         latents = run_sampler(request.sampler, model, noise, self.scheduler_config, request.steps, generator, callback)

@@ -13,13 +13,13 @@ import torch
 
 @dataclass
 class ComponentSpec:
-    """What to trace: the module, named example inputs, dynamic axes and the output name."""
+    """What to trace: the module, named example inputs, dynamic axes and the output names."""
 
     name: str
     module: torch.nn.Module
     inputs: dict[str, torch.Tensor]
     dynamic_axes: dict[str, dict[int, str]]
-    output: str
+    outputs: list[str]
     parity_inputs: list[dict[str, torch.Tensor]] = field(default_factory=list)
 
 
@@ -34,16 +34,39 @@ class TextEncoderGraph(torch.nn.Module):
         return self.text_encoder(input_ids, return_dict=False)[0]
 
 
-class UNetGraph(torch.nn.Module):
-    """UNet2DConditionModel: (sample, timestep, context[, timestep_cond]) -> model output."""
+class PenultimateTextEncoderGraph(torch.nn.Module):
+    """SDXL's CLIP encoders: ids -> penultimate hidden states [, pooled projection text_embeds]."""
 
-    def __init__(self, unet):
+    def __init__(self, text_encoder, with_projection: bool):
+        super().__init__()
+        self.text_encoder = text_encoder
+        self.with_projection = with_projection
+
+    def forward(self, input_ids):
+        out = self.text_encoder(input_ids, output_hidden_states=True)
+        if self.with_projection:
+            return out.hidden_states[-2], out.text_embeds
+        return out.hidden_states[-2]
+
+
+class UNetGraph(torch.nn.Module):
+    """UNet2DConditionModel: (sample, timestep, context, *conditioning) -> model output.
+
+    The optional inputs, in `extra_names` order: LCM's `timestep_cond`, SDXL's `text_embeds` and
+    `time_ids` (diffusers' added_cond_kwargs).
+    """
+
+    def __init__(self, unet, extra_names: list[str]):
         super().__init__()
         self.unet = unet
+        self.extra_names = extra_names
 
-    def forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None):
+    def forward(self, sample, timestep, encoder_hidden_states, *extra):
+        named = dict(zip(self.extra_names, extra))
+        added = {k: named[k] for k in ("text_embeds", "time_ids") if k in named}
         return self.unet(
-            sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond, return_dict=False
+            sample, timestep, encoder_hidden_states, timestep_cond=named.get("timestep_cond"),
+            added_cond_kwargs=added or None, return_dict=False,
         )[0]
 
 
@@ -73,17 +96,34 @@ def _odd_latent_side(unet) -> int:
     return unet_size_factor(unet) * 2 + 1 if unet_size_factor(unet) > 1 else 9
 
 
-def text_encoder_spec(text_encoder, tokenizer_length: int = 77) -> ComponentSpec:
-    """Spec for the CLIP text encoder at batch 1 and 2."""
-    vocab = text_encoder.config.vocab_size
+def _token_ids(text_encoder, length: int = 77) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
-    ids = [torch.randint(0, vocab, (b, tokenizer_length), generator=gen) for b in (1, 2)]
+    return [torch.randint(0, text_encoder.config.vocab_size, (b, length), generator=gen) for b in (1, 2)]
+
+
+def text_encoder_spec(text_encoder) -> ComponentSpec:
+    """Spec for SD1.5's CLIP text encoder (last hidden state) at batch 1 and 2."""
+    ids = _token_ids(text_encoder)
     return ComponentSpec(
         name="text_encoder",
         module=TextEncoderGraph(text_encoder).eval(),
         inputs={"input_ids": ids[0]},
         dynamic_axes={"input_ids": {0: "batch"}, "last_hidden_state": {0: "batch"}},
-        output="last_hidden_state",
+        outputs=["last_hidden_state"],
+        parity_inputs=[{"input_ids": i} for i in ids],
+    )
+
+
+def sdxl_text_encoder_spec(name: str, text_encoder, with_projection: bool) -> ComponentSpec:
+    """Spec for one of SDXL's encoders: penultimate hidden states (+ text_embeds for the second)."""
+    ids = _token_ids(text_encoder)
+    outputs = ["hidden_states"] + (["text_embeds"] if with_projection else [])
+    return ComponentSpec(
+        name=name,
+        module=PenultimateTextEncoderGraph(text_encoder, with_projection).eval(),
+        inputs={"input_ids": ids[0]},
+        dynamic_axes={"input_ids": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
+        outputs=outputs,
         parity_inputs=[{"input_ids": i} for i in ids],
     )
 
@@ -97,6 +137,10 @@ def _unet_inputs(unet, batch: int, height: int, width: int, gen) -> dict[str, to
     }
     if cfg.time_cond_proj_dim is not None:
         inputs["timestep_cond"] = torch.randn(batch, cfg.time_cond_proj_dim, generator=gen)
+    if cfg.addition_embed_type == "text_time":
+        pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+        inputs["text_embeds"] = torch.randn(batch, pooled, generator=gen)
+        inputs["time_ids"] = torch.tensor([[height * 8.0, width * 8.0, 0.0, 0.0, height * 8.0, width * 8.0]] * batch)
     return inputs
 
 
@@ -112,12 +156,12 @@ def unet_spec(unet) -> ComponentSpec:
         "out_sample": {0: "batch", 2: "height", 3: "width"},
     }
     inputs = _unet_inputs(unet, 2, side, side + factor, gen)
-    if "timestep_cond" in inputs:
-        axes["timestep_cond"] = {0: "batch"}
+    extra = [k for k in inputs if k not in axes]
+    axes.update({k: {0: "batch"} for k in extra})
     checks = [_unet_inputs(unet, 1, factor * 4, factor * 3, gen), _unet_inputs(unet, 2, 8, 8, gen)]
     return ComponentSpec(
-        name="unet", module=UNetGraph(unet).eval(), inputs=inputs, dynamic_axes=axes,
-        output="out_sample", parity_inputs=checks,
+        name="unet", module=UNetGraph(unet, extra).eval(), inputs=inputs, dynamic_axes=axes,
+        outputs=["out_sample"], parity_inputs=checks,
     )
 
 
@@ -135,6 +179,6 @@ def vae_decoder_spec(vae) -> ComponentSpec:
             "latent_sample": {0: "batch", 2: "height", 3: "width"},
             "sample": {0: "batch", 2: "height", 3: "width"},
         },
-        output="sample",
+        outputs=["sample"],
         parity_inputs=[{"latent_sample": x} for x in latents],
     )

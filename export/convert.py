@@ -36,7 +36,7 @@ def export_onnx(spec: ComponentSpec, path: Path) -> Path:
             args,
             str(path),
             input_names=list(spec.inputs),
-            output_names=[spec.output],
+            output_names=spec.outputs,
             dynamic_axes=spec.dynamic_axes,
             opset_version=ONNX_OPSET,
             do_constant_folding=True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import resource
 import shutil
 import time
 from pathlib import Path
@@ -17,16 +18,16 @@ from engine.errors import UserError
 from engine.manifest import FORMATS, ComponentEntry, Manifest, write_manifest
 from export.components import (
     ComponentSpec,
+    sdxl_text_encoder_spec,
     text_encoder_spec,
     unet_spec,
     vae_decoder_spec,
 )
 from export.convert import consolidate_onnx, export_onnx, onnx_to_openvino
 from export.parity import compare_component, require_fp32_parity
-from export.source import detect_family, load_pipeline
+from export.source import PipelineSource, detect_family
 
 PRECISIONS = ("fp32",)
-SUPPORTED_FAMILIES = ("sd15", "lcm")
 Log = Callable[[str], None]
 
 
@@ -59,7 +60,7 @@ def _export_component(spec: ComponentSpec, folder: Path, fmt: str, log: Log) -> 
     entry.parity = compare_component(spec, runtime_graph)
     require_fp32_parity(spec.name, entry.parity)
     log(
-        f"  {spec.name:<13} {time.perf_counter() - started:6.1f} s   "
+        f"  {spec.name:<15} {time.perf_counter() - started:6.1f} s   "
         f"parity: max abs err {entry.parity['max_abs_error']:.2e}, PSNR {entry.parity['psnr_db']:.1f} dB"
     )
     return entry
@@ -92,61 +93,87 @@ def _check_request(out_dir: Path, fmt: str, precision: str, overwrite: bool) -> 
         raise UserError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
 
 
-def _manifest(pipe, family: str, fmt: str, precision: str, source: str, entries, out_dir: Path) -> Manifest:
-    vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    side = pipe.unet.config.sample_size * vae_scale
+def _manifest(src: PipelineSource, family: str, fmt: str, precision: str, entries, out_dir: Path) -> Manifest:
+    unet, vae = src.config("unet"), src.config("vae")
+    vae_scale = 2 ** (len(vae["block_out_channels"]) - 1)
+    side = unet["sample_size"] * vae_scale
     return Manifest(
         family=family,
         format=fmt,
         precision=precision,
         name=out_dir.name,
-        source=source,
+        source=src.source,
         sdcpu_version=engine.__version__,
         components=entries,
         tokenizer="tokenizer",
+        tokenizer_2="tokenizer_2" if is_sdxl(family) else None,
         scheduler_config="scheduler/scheduler_config.json",
         default_size=(side, side),
         size_multiple=vae_scale,
         vae_scale_factor=vae_scale,
-        vae_scaling_factor=float(pipe.vae.config.scaling_factor),
-        latent_channels=int(pipe.unet.config.in_channels),
-        time_cond_proj_dim=pipe.unet.config.time_cond_proj_dim,
+        vae_scaling_factor=float(vae["scaling_factor"]),
+        vae_precision="fp32",
+        latent_channels=int(unet["in_channels"]),
+        time_cond_proj_dim=unet.get("time_cond_proj_dim"),
+        force_zeros_for_empty_prompt=bool(src.index.get("force_zeros_for_empty_prompt", False)),
     )
+
+
+def is_sdxl(family: str) -> bool:
+    return family.startswith("sdxl")
+
+
+def _spec_makers(src: PipelineSource, family: str):
+    """Build each component's spec on demand, so one torch module is loaded at a time."""
+    if is_sdxl(family):
+        yield lambda: sdxl_text_encoder_spec("text_encoder", src.load("text_encoder"), with_projection=False)
+        yield lambda: sdxl_text_encoder_spec("text_encoder_2", src.load("text_encoder_2"), with_projection=True)
+    else:
+        yield lambda: text_encoder_spec(src.load("text_encoder"))
+    yield lambda: unet_spec(src.load("unet"))
+    yield lambda: vae_decoder_spec(src.load("vae"))
+
+
+def _check_supported(src: PipelineSource) -> str:
+    family = detect_family(src.config("unet"), src.config("scheduler"), src.has("text_encoder_2"))
+    if not src.has("text_encoder"):
+        raise UserError(f"{src.source}: pipelines without a first text encoder (e.g. the SDXL refiner) are not supported")
+    if src.config("vae").get("latents_mean") is not None:
+        raise UserError(f"{src.source}: VAEs with latents_mean/latents_std are not supported")
+    return family
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def export_model(
     source: str, out_dir: Path, fmt: str = "openvino", precision: str = "fp32",
     overwrite: bool = False, log: Log = print,
 ) -> Manifest:
-    """Export text encoder, UNet and VAE decoder of `source` into `out_dir`."""
+    """Export the text encoder(s), UNet and VAE decoder of `source` into `out_dir`."""
     out_dir = Path(out_dir).expanduser().resolve()
     _check_request(out_dir, fmt, precision, overwrite)
     log(f"loading {source}")
-    pipe = load_pipeline(source)
-    family = detect_family(pipe)
-    if family not in SUPPORTED_FAMILIES:
-        raise UserError(f"{source}: family {family} is not supported yet (supported: {', '.join(SUPPORTED_FAMILIES)})")
+    src = PipelineSource(source)
+    family = _check_supported(src)
     log(f"exporting {family} to {fmt} {precision}")
     staging = _staging_dir(out_dir)
     try:
-        specs = (
-            lambda: text_encoder_spec(pipe.text_encoder),
-            lambda: unet_spec(pipe.unet),
-            lambda: vae_decoder_spec(pipe.vae),
-        )
         entries = {}
-        for make_spec in specs:
+        for make_spec in _spec_makers(src, family):
             spec = make_spec()
             entries[spec.name] = _export_component(spec, staging, fmt, log)
             del spec
             gc.collect()
-        pipe.tokenizer.save_pretrained(staging / "tokenizer")
-        pipe.scheduler.save_config(staging / "scheduler")
-        manifest = _manifest(pipe, family, fmt, precision, source, entries, out_dir)
+        for name in ("tokenizer", "tokenizer_2") if is_sdxl(family) else ("tokenizer",):
+            src.load(name).save_pretrained(staging / name)
+        src.load("scheduler").save_config(staging / "scheduler")
+        manifest = _manifest(src, family, fmt, precision, entries, out_dir)
         write_manifest(staging, manifest)
         _move_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log(f"wrote {out_dir}")
+    log(f"wrote {out_dir} (peak RAM {_peak_rss_gib():.1f} GiB)")
     return manifest

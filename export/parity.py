@@ -26,14 +26,16 @@ def psnr_db(reference: np.ndarray, test: np.ndarray) -> float:
 
 
 def compare_component(spec: ComponentSpec, graph: Graph) -> dict[str, float]:
-    """Worst max-abs error and PSNR of `graph` versus `spec.module` over its parity inputs."""
+    """Worst max-abs error and PSNR of `graph` versus `spec.module` over its parity inputs and outputs."""
     worst_abs, worst_psnr = 0.0, math.inf
     for inputs in spec.parity_inputs:
         with torch.no_grad():
-            reference = spec.module(**inputs).numpy()
-        test = graph(**{k: v.numpy() for k, v in inputs.items()})
-        worst_abs = max(worst_abs, float(np.max(np.abs(reference - test))))
-        worst_psnr = min(worst_psnr, psnr_db(reference, test))
+            references = spec.module(*inputs.values())
+        references = references if isinstance(references, tuple) else (references,)
+        tests = graph.run(**{k: v.numpy() for k, v in inputs.items()})
+        for reference, test in zip((r.numpy() for r in references), (tests[o] for o in spec.outputs)):
+            worst_abs = max(worst_abs, float(np.max(np.abs(reference - test))))
+            worst_psnr = min(worst_psnr, psnr_db(reference, test))
     return {"max_abs_error": worst_abs, "psnr_db": round(worst_psnr, 2) if math.isfinite(worst_psnr) else 999.0}
 
 

@@ -2,9 +2,10 @@
 
     python -m export.parity_report [--work-dir DIR] [--steps 8]
 
-Builds the tiny SD1.5- and LCM-style pipelines, exports each to OpenVINO and ONNX, generates with
-every sampler (with and without a negative prompt, at 64x64 and 96x64) and prints the worst
-max / mean absolute uint8 difference against the diffusers PyTorch pipeline as a Markdown table.
+Builds the tiny SD1.5-, LCM- and SDXL-Turbo-style pipelines, exports each to OpenVINO and ONNX,
+generates with every sampler (with and without a negative prompt, at 64x64 and 96x64; SDXL-Turbo
+at 1 and 4 steps, guidance 0 and 5) and prints the worst max / mean absolute uint8 difference
+against the diffusers PyTorch pipeline as a Markdown table.
 """
 
 from __future__ import annotations
@@ -27,8 +28,18 @@ NEGATIVES = ("", "blurry, low quality")
 FORMATS = ("openvino", "onnx")
 
 
+SDXL_TURBO_RUNS = ((1, 0.0, ""), (4, 0.0, ""), (4, 5.0, "blurry, low quality"), (4, 5.0, ""))
+FAMILIES = ("sd15", "lcm", "sdxl-turbo")
+
+
 def cases(family: str, steps: int):
     """(sampler, request kwargs) for every combination the report covers."""
+    if family == "sdxl-turbo":
+        for (n, guidance, negative), (w, h) in itertools.product(SDXL_TURBO_RUNS, SIZES):
+            yield f"euler-a {n} step(s), CFG {guidance:g}{', negative' if negative else ''}", dict(
+                prompt="a red circle on a blue background", negative_prompt=negative, steps=n, guidance=guidance,
+                seed=1234, width=w, height=h, sampler="euler-a")
+        return
     if family == "lcm":
         for n, (w, h) in itertools.product((1, 4), SIZES):
             yield "lcm", dict(prompt="two small yellow triangles", negative_prompt="", steps=n, guidance=8.0,
@@ -70,7 +81,7 @@ def main() -> None:
     args = parser.parse_args()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="sdcpu-parity-"))
     image_rows, graph_rows = [], []
-    for family in ("sd15", "lcm"):
+    for family in FAMILIES:
         source = build_tiny_pipeline(work / f"{family}-diffusers", family=family)
         exports = {fmt: work / f"{family}-{fmt}" for fmt in FORMATS}
         for fmt, path in exports.items():

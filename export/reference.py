@@ -22,7 +22,9 @@ def load_reference(source: str):
     from diffusers import DiffusionPipeline
 
     quiet_libraries()
-    pipe = DiffusionPipeline.from_pretrained(source, dtype=torch.float32)
+    is_sdxl = "text_encoder_2" in DiffusionPipeline.load_config(source)
+    extra = {"add_watermarker": False} if is_sdxl else {}
+    pipe = DiffusionPipeline.from_pretrained(source, dtype=torch.float32, **extra)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -1,17 +1,17 @@
-"""Load the diffusers pipeline an export starts from: a local folder or a hub id."""
+"""The diffusers pipeline an export starts from: a local folder or a hub id, read one component at a time.
+
+Components are loaded on demand and freed by the caller after export, so only one large module
+(e.g. SDXL's 2.6B-parameter UNet) is in memory at a time.
+"""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from engine.errors import UserError
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
-
-
-def _looks_like_hub_id(source: str) -> bool:
-    parts = source.split("/")
-    return len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~"))
 
 
 def quiet_libraries() -> None:
@@ -25,12 +25,18 @@ def quiet_libraries() -> None:
     diffusers.utils.logging.disable_progress_bar()
 
 
-def load_pipeline(source: str):
-    """Load a diffusers pipeline in fp32 from a diffusers folder or a hub id (needs network)."""
-    import torch
-    from diffusers import DiffusionPipeline
+def _looks_like_hub_id(source: str) -> bool:
+    parts = source.split("/")
+    return len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~"))
 
-    quiet_libraries()
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def resolve_source(source: str) -> str:
+    """A local diffusers folder path or a hub id; anything else is a UserError."""
     path = Path(source).expanduser()
     if path.suffix in CHECKPOINT_SUFFIXES:
         raise UserError(
@@ -40,24 +46,64 @@ def load_pipeline(source: str):
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise UserError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
-        where = str(path)
-    elif _looks_like_hub_id(source) and not path.exists():
-        where = source
-    else:
-        raise UserError(f"source not found: {source} (give a diffusers folder or a hub id)")
-    try:
-        return DiffusionPipeline.from_pretrained(where, dtype=torch.float32)
-    except OSError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"could not load {source}: {first}") from None
+        return str(path.resolve())
+    if _looks_like_hub_id(source) and not path.exists():
+        return source
+    raise UserError(f"source not found: {source} (give a diffusers folder or a hub id)")
 
 
-def detect_family(pipe) -> str:
-    """'sdxl' with a second text encoder, 'lcm' with a guidance-embedding UNet, else 'sd15'."""
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        return "sdxl"
-    if pipe.unet.config.get("time_cond_proj_dim") is not None:
+class PipelineSource:
+    """model_index.json of a diffusers pipeline and lazy access to each component."""
+
+    def __init__(self, source: str):
+        from diffusers import DiffusionPipeline
+
+        quiet_libraries()
+        self.source = source
+        self.where = resolve_source(source)
+        try:
+            self.index = DiffusionPipeline.load_config(self.where)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"could not load {source}: {_first_line(exc)}") from None
+
+    def has(self, name: str) -> bool:
+        entry = self.index.get(name)
+        return isinstance(entry, (list, tuple)) and entry[0] is not None
+
+    def load(self, name: str):
+        """Load component `name` (fp32 for torch modules) with the class model_index.json names."""
+        import torch
+
+        if not self.has(name):
+            raise UserError(f"{self.source} has no {name} component")
+        library, class_name = self.index[name]
+        cls = getattr(importlib.import_module(library), class_name)
+        kwargs = {"dtype": torch.float32} if hasattr(cls, "parameters") else {}
+        try:
+            module = cls.from_pretrained(self.where, subfolder=name, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"could not load {name} of {self.source}: {_first_line(exc)}") from None
+        return module.eval() if hasattr(module, "eval") else module
+
+    def config(self, name: str) -> dict:
+        """The config.json of component `name` without loading its weights."""
+        library, class_name = self.index[name]
+        cls = getattr(importlib.import_module(library), class_name)
+        try:
+            if library == "transformers":
+                return cls.config_class.from_pretrained(self.where, subfolder=name).to_dict()
+            return dict(cls.load_config(self.where, subfolder=name))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"could not read {name} config of {self.source}: {_first_line(exc)}") from None
+
+
+def detect_family(unet_config: dict, scheduler_config: dict, has_text_encoder_2: bool) -> str:
+    """sdxl-turbo / sdxl with a second text encoder, lcm with a guidance-embedding UNet, else sd15."""
+    if has_text_encoder_2:
+        trailing = scheduler_config.get("timestep_spacing") == "trailing"
+        return "sdxl-turbo" if trailing else "sdxl"
+    if unet_config.get("time_cond_proj_dim") is not None:
         return "lcm"
-    if type(pipe.scheduler).__name__ == "LCMScheduler":
+    if scheduler_config.get("_class_name") == "LCMScheduler":
         return "lcm"
     return "sd15"

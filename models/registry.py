@@ -34,6 +34,22 @@ FAMILIES: dict[str, Family] = {
         useful_steps=(2, 8),
         notes="guidance is embedded in the UNet (no second UNet call); negative prompt unused",
     ),
+    "sdxl-turbo": Family(
+        name="sdxl-turbo",
+        title="SDXL-Turbo (adversarial diffusion distillation)",
+        default_steps=1,
+        default_guidance=0.0,
+        useful_steps=(1, 4),
+        notes="trained for 1-4 steps without guidance; euler-a with trailing timesteps",
+    ),
+    "sdxl": Family(
+        name="sdxl",
+        title="Stable Diffusion XL",
+        default_steps=30,
+        default_guidance=5.0,
+        useful_steps=(20, 50),
+        notes="two text encoders; classifier-free guidance with the negative prompt",
+    ),
 }
 
 

@@ -1,4 +1,4 @@
-"""Session fixtures: tiny random SD1.5 and LCM pipelines, each exported once per backend."""
+"""Session fixtures: tiny random SD1.5, LCM and SDXL-Turbo pipelines, each exported once per backend."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def tiny_sources(tmp_path_factory) -> dict[str, Path]:
     from export.tiny import build_tiny_pipeline
 
     root = tmp_path_factory.mktemp("tiny-diffusers")
-    return {family: build_tiny_pipeline(root / family, family=family) for family in ("sd15", "lcm")}
+    return {family: build_tiny_pipeline(root / family, family=family) for family in ("sd15", "lcm", "sdxl-turbo")}
 
 
 @pytest.fixture(scope="session")

@@ -71,6 +71,16 @@ def test_lcm_matches_diffusers(tiny_sources, tiny_exports, steps, width, height,
     assert_same_image(ours(tiny_exports["lcm", fmt], **request), ref)
 
 
+@pytest.mark.parametrize("fmt", ["openvino", "onnx"])
+@pytest.mark.parametrize("steps,guidance,negative", [(1, 0.0, ""), (4, 0.0, ""), (4, 5.0, "blurry, low quality"),
+                                                     (4, 5.0, "")])
+def test_sdxl_turbo_matches_diffusers(tiny_sources, tiny_exports, steps, guidance, negative, fmt):
+    request = dict(prompt="a red circle on a blue background", negative_prompt=negative, steps=steps,
+                   guidance=guidance, seed=SEED, width=64, height=96, sampler="euler-a")
+    ref = reference_image(str(tiny_sources["sdxl-turbo"]), **request)
+    assert_same_image(ours(tiny_exports["sdxl-turbo", fmt], **request), ref)
+
+
 @pytest.mark.parametrize("sampler", ["euler-a", "dpm++2m-karras"])
 def test_batch_uses_seed_plus_i(tiny_sources, tiny_exports, sampler):
     request = dict(prompt="a green square", negative_prompt="", steps=SD15_STEPS, guidance=7.5, seed=7,
@@ -80,6 +90,13 @@ def test_batch_uses_seed_plus_i(tiny_sources, tiny_exports, sampler):
     assert_same_image(batch, ref)
     alone = ours(tiny_exports["sd15", "openvino"], **{**request, "seed": 9})
     np.testing.assert_array_equal(batch[2], alone[0])
+
+
+def test_sdxl_batch_with_guidance(tiny_sources, tiny_exports):
+    request = dict(prompt="a green square", negative_prompt="", steps=2, guidance=5.0, seed=11,
+                   width=64, height=64, sampler="euler-a")
+    batch = ours(tiny_exports["sdxl-turbo", "onnx"], batch=2, **request)
+    assert_same_image(batch, reference_image(str(tiny_sources["sdxl-turbo"]), batch=2, **request))
 
 
 def test_guidance_off_skips_cfg(tiny_sources, tiny_exports):
