@@ -40,13 +40,17 @@ def test_generate_writes_png_with_parameters(tiny_exports, tmp_path):
     assert "s/step" in text
 
 
-def test_family_defaults_and_random_seed(tiny_exports, tmp_path):
-    out = tmp_path / "lcm.png"
-    result, text = run("generate", "a dog", "--model", tiny_exports["lcm", "onnx"], "--width", 64,
-                       "--height", 64, "--output", out)
+@pytest.mark.parametrize("family,expected", [
+    ("lcm", (4, 8.0, "lcm", 64, 64)),
+    ("sdxl-turbo", (1, 0.0, "euler-a", 64, 64)),
+])
+def test_family_defaults_and_random_seed(tiny_exports, tmp_path, family, expected):
+    out = tmp_path / "default.png"
+    result, text = run("generate", "a dog", "--model", tiny_exports[family, "onnx"], "--output", out)
     assert result.exit_code == 0, text
     params = params_from_text(read_parameters(out))
-    assert (params.steps, params.guidance, params.sampler) == (4, 8.0, "lcm")
+    assert (params.steps, params.guidance, params.sampler, params.width, params.height) == expected
+    assert params.model_family == family
     assert f"seed: {params.seed}" in text
 
 
