@@ -66,7 +66,7 @@ def load_openvino(path: Path, name: str, entry: ComponentEntry, precision: str) 
     import openvino as ov
 
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(str(path)), "CPU", _ov_precision_hint(precision))
+    compiled = core.compile_model(str(path), "CPU", _ov_precision_hint(precision))
     request = compiled.create_infer_request()
     outputs = {name: compiled.output(name) for name in entry.outputs}
 

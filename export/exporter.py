@@ -24,7 +24,7 @@ from export.components import (
     vae_decoder_spec,
 )
 from export.convert import consolidate_onnx, export_onnx, onnx_to_openvino
-from export.parity import compare_component, require_fp32_parity
+from export.parity import compare_component, require_fp32_parity, torch_outputs
 from export.source import PipelineSource, detect_family
 
 PRECISIONS = ("fp32",)
@@ -43,9 +43,12 @@ def _value_info(values) -> dict[str, dict]:
 
 
 def _export_component(spec: ComponentSpec, folder: Path, fmt: str, log: Log) -> ComponentEntry:
-    """Trace, convert, reload with our runtime, and check parity against torch."""
+    """Trace, free the torch module, convert, reload with our runtime, and check parity against torch."""
     started = time.perf_counter()
+    references = torch_outputs(spec)
     trace = export_onnx(spec, folder / spec.name / "trace" / "model.onnx")
+    spec.module = None
+    gc.collect()
     graph = onnx.load(str(trace), load_external_data=False).graph
     inputs, outputs = _value_info(graph.input), _value_info(graph.output)
     if fmt == "openvino":
@@ -57,7 +60,7 @@ def _export_component(spec: ComponentSpec, folder: Path, fmt: str, log: Log) -> 
     relative = [str(f.relative_to(folder)) for f in files]
     entry = ComponentEntry(file=relative[0], files=relative, inputs=inputs, outputs=outputs)
     runtime_graph = load_graph(folder, spec.name, entry, fmt, "fp32")
-    entry.parity = compare_component(spec, runtime_graph)
+    entry.parity = compare_component(spec, references, runtime_graph)
     require_fp32_parity(spec.name, entry.parity)
     log(
         f"  {spec.name:<15} {time.perf_counter() - started:6.1f} s   "

@@ -25,17 +25,24 @@ def psnr_db(reference: np.ndarray, test: np.ndarray) -> float:
     return math.inf if rmse == 0 else 20.0 * math.log10(peak / rmse)
 
 
-def compare_component(spec: ComponentSpec, graph: Graph) -> dict[str, float]:
-    """Worst max-abs error and PSNR of `graph` versus `spec.module` over its parity inputs and outputs."""
-    worst_abs, worst_psnr = 0.0, math.inf
+def torch_outputs(spec: ComponentSpec) -> list[list[np.ndarray]]:
+    """The PyTorch module's outputs on each parity input, computed before the module is freed."""
+    results = []
     for inputs in spec.parity_inputs:
         with torch.no_grad():
-            references = spec.module(*inputs.values())
-        references = references if isinstance(references, tuple) else (references,)
+            out = spec.module(*inputs.values())
+        results.append([o.numpy() for o in (out if isinstance(out, tuple) else (out,))])
+    return results
+
+
+def compare_component(spec: ComponentSpec, references: list[list[np.ndarray]], graph: Graph) -> dict[str, float]:
+    """Worst max-abs error and PSNR of `graph` versus the torch references, over inputs and outputs."""
+    worst_abs, worst_psnr = 0.0, math.inf
+    for inputs, expected in zip(spec.parity_inputs, references):
         tests = graph.run(**{k: v.numpy() for k, v in inputs.items()})
-        for reference, test in zip((r.numpy() for r in references), (tests[o] for o in spec.outputs)):
-            worst_abs = max(worst_abs, float(np.max(np.abs(reference - test))))
-            worst_psnr = min(worst_psnr, psnr_db(reference, test))
+        for reference, name in zip(expected, spec.outputs):
+            worst_abs = max(worst_abs, float(np.max(np.abs(reference - tests[name]))))
+            worst_psnr = min(worst_psnr, psnr_db(reference, tests[name]))
     return {"max_abs_error": worst_abs, "psnr_db": round(worst_psnr, 2) if math.isfinite(worst_psnr) else 999.0}
 
 
