@@ -50,7 +50,6 @@ class Result:
     images: list[np.ndarray]
     seeds: list[int]
     timings: dict[str, float] = field(default_factory=dict)
-    unet_call_seconds: list[float] = field(default_factory=list)
 
 
 def to_uint8_images(decoded: np.ndarray) -> list[np.ndarray]:
@@ -139,17 +138,15 @@ class Pipeline:
             feeds["timestep_cond"] = guidance_scale_embedding(w, self.manifest.time_cond_proj_dim)
         return feeds
 
-    def _unet_prediction(self, request: Request, conditioning: dict, cfg: bool, call_times: list):
+    def _unet_prediction(self, request: Request, conditioning: dict, cfg: bool):
         """The UNet as f(x_vp, t) -> its prediction (eps or v), guided by CFG or LCM's embedding."""
 
         def predict(x: np.ndarray, t: float) -> np.ndarray:
-            started = time.perf_counter()
             sample = np.concatenate([x, x]) if cfg else x
             out = self.unet(sample=sample, timestep=np.full(len(sample), t, np.float32), **conditioning)
             if cfg:
                 uncond, cond = np.split(out, 2)
                 out = uncond + np.float32(request.guidance) * (cond - uncond)
-            call_times.append(time.perf_counter() - started)
             return out
 
         return predict
@@ -167,7 +164,7 @@ class Pipeline:
     def generate(self, request: Request, on_step: StepCallback | None = None) -> Result:
         """Run one request; `on_step(i, n)` is called after each denoising step."""
         self.validate(request)
-        timings, call_times = {}, []
+        timings = {}
         started = time.perf_counter()
         cfg = self.uses_cfg(request.guidance)
         conditioning = self.conditioning(request, cfg)
@@ -178,7 +175,7 @@ class Pipeline:
         factor = self.manifest.vae_scale_factor
         shape = (request.batch, self.manifest.latent_channels, request.height // factor, request.width // factor)
         noise = generator.randn(shape)
-        model = self._denoiser(self._unet_prediction(request, conditioning, cfg, call_times))
+        model = self._denoiser(self._unet_prediction(request, conditioning, cfg))
         callback = (lambda i, n, x, denoised: on_step(i, n)) if on_step else None
         t0 = time.perf_counter()
         latents = run_sampler(request.sampler, model, noise, self.scheduler_config, request.steps, generator, callback)
@@ -188,4 +185,4 @@ class Pipeline:
         images = self.decode(latents)
         timings["vae_decoder"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - started
-        return Result(images=images, seeds=seeds, timings=timings, unet_call_seconds=call_times)
+        return Result(images=images, seeds=seeds, timings=timings)

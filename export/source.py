@@ -86,12 +86,10 @@ class PipelineSource:
         return module.eval() if hasattr(module, "eval") else module
 
     def config(self, name: str) -> dict:
-        """The config.json of component `name` without loading its weights."""
+        """The config of diffusers component `name` (unet, vae, scheduler) without loading weights."""
         library, class_name = self.index[name]
         cls = getattr(importlib.import_module(library), class_name)
         try:
-            if library == "transformers":
-                return cls.config_class.from_pretrained(self.where, subfolder=name).to_dict()
             return dict(cls.load_config(self.where, subfolder=name))
         except (OSError, ValueError) as exc:
             raise UserError(f"could not read {name} config of {self.source}: {_first_line(exc)}") from None
