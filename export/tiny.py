@@ -43,6 +43,9 @@ SDXL_TURBO_SCHEDULER = {
     "timestep_spacing": "trailing",
 }
 TINY_FAMILIES = ("sd15", "lcm", "sdxl-turbo")
+TINY_UNET_SHAPE = dict(
+    sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
+)
 
 
 def _tiny_unet(time_cond_proj_dim: int | None):
@@ -50,16 +53,11 @@ def _tiny_unet(time_cond_proj_dim: int | None):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
+        **TINY_UNET_SHAPE,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32,
         attention_head_dim=8,
-        norm_num_groups=8,
         time_cond_proj_dim=time_cond_proj_dim,
     )
 
@@ -69,11 +67,7 @@ def _tiny_sdxl_unet():
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
+        **TINY_UNET_SHAPE,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=64,
@@ -83,7 +77,6 @@ def _tiny_sdxl_unet():
         addition_embed_type="text_time",
         addition_time_embed_dim=8,
         projection_class_embeddings_input_dim=6 * 8 + 32,
-        norm_num_groups=8,
     )
 
 
