@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.atomic import atomic_write
 from engine.errors import UserError
 
 MANIFEST_NAME = "manifest.json"
@@ -65,20 +64,8 @@ class Manifest:
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> Path:
-    """Write manifest.json atomically (temp file + fsync + rename)."""
-    path = Path(folder) / MANIFEST_NAME
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(manifest.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write manifest.json atomically, so a half-written manifest is never read."""
+    return atomic_write(Path(folder) / MANIFEST_NAME, lambda file: file.write(manifest.to_json().encode()))
 
 
 def load_manifest(folder: Path) -> Manifest:

@@ -11,14 +11,14 @@ round-trip exactly.
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
+
+from engine.atomic import atomic_write
 
 PARAMETERS_KEY = "parameters"
 NEGATIVE_PREFIX = "Negative prompt:"
@@ -179,20 +179,6 @@ def check_image(image: np.ndarray) -> None:
         raise ValueError(f"image must be a uint8 HxWx3 array, got {getattr(image, 'dtype', type(image))} {shape}")
 
 
-def fsync_directory(directory: Path) -> None:
-    """Make a rename in DIRECTORY durable where the OS allows opening directories (POSIX)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_png(file, image: np.ndarray, params: GenerationParams) -> None:
     """Encode IMAGE as PNG with its infotext in a ``parameters`` chunk (tEXt, or iTXt beyond Latin-1)."""
     info = PngImagePlugin.PngInfo()
@@ -201,23 +187,9 @@ def write_png(file, image: np.ndarray, params: GenerationParams) -> None:
 
 
 def save_png(path, image: np.ndarray, params: GenerationParams) -> Path:
-    """Write the PNG atomically: temp file beside PATH, fsync, os.replace; the old file survives errors."""
+    """Write the PNG atomically (engine/atomic.py): the old file survives any error."""
     check_image(image)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write_png(file, image, params)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    fsync_directory(path.parent)
-    return path
+    return atomic_write(path, lambda file: write_png(file, image, params))
 
 
 def read_parameters(path) -> str | None:

@@ -154,7 +154,7 @@ def test_failed_write_keeps_old_file(tmp_path, monkeypatch):
 def test_failed_replace_keeps_old_file(tmp_path, monkeypatch):
     path = tmp_path / "out.png"
     save_png(path, make_image(), make_params(seed=1))
-    monkeypatch.setattr(pngmeta.os, "replace", lambda src, dst: (_ for _ in ()).throw(OSError("no rename")))
+    monkeypatch.setattr(os, "replace", lambda src, dst: (_ for _ in ()).throw(OSError("no rename")))
     with pytest.raises(OSError, match="no rename"):
         save_png(path, make_image(), make_params(seed=2))
     assert params_from_text(read_parameters(path)).seed == 1
