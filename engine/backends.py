@@ -1,11 +1,14 @@
 """Run an exported graph on OpenVINO or ONNX Runtime behind one call signature.
 
 As apple/ml-stable-diffusion's runtime wrapper does, every call is checked against the inputs
-the manifest declares (names, rank, static sizes) and fed in the declared dtypes.
+the manifest declares (names, rank, static sizes) and fed in the declared dtypes; outputs come
+back as float32 whatever precision the graph computes in.
 """
 
 from __future__ import annotations
 
+import copy
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -15,24 +18,50 @@ from engine.errors import UserError
 from engine.manifest import ComponentEntry
 
 BACKENDS = ("openvino", "onnx")
+Runner = Callable[[dict], dict[str, np.ndarray]]
+
+
+def default_cache_dir() -> Path:
+    """Where OpenVINO keeps compiled models: $SDCPU_CACHE_DIR, else ~/.cache/sdcpu/openvino."""
+    if os.environ.get("SDCPU_CACHE_DIR"):
+        return Path(os.environ["SDCPU_CACHE_DIR"]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "sdcpu" / "openvino"
 
 
 class Graph:
     """One compiled component: `graph(**inputs)` gives its first output, `graph.run` all of them."""
 
-    def __init__(self, name: str, entry: ComponentEntry, run: Callable[[dict], dict[str, np.ndarray]]):
+    def __init__(self, name: str, entry: ComponentEntry, run: Runner,
+                 reshape: Callable[[dict[str, tuple]], Runner] | None = None):
         self.name = name
         self.entry = entry
         self._run = run
+        self._reshape = reshape
         self.calls = 0
 
     def run(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
-        """All outputs by name."""
+        """All outputs by name, as float32."""
         self.calls += 1
-        return self._run(self._checked(feeds))
+        outputs = self._run(self._checked(feeds))
+        return {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in outputs.items()}
 
     def __call__(self, **feeds: np.ndarray) -> np.ndarray:
         return next(iter(self.run(**feeds).values()))
+
+    def static_mismatches(self, shapes: dict[str, tuple]) -> dict[str, tuple]:
+        """The inputs whose declared static shape differs from the one a request needs."""
+        declared = self.entry.inputs
+        return {k: tuple(v) for k, v in shapes.items() if k in declared and not _fits(v, declared[k]["shape"])}
+
+    def reshape(self, shapes: dict[str, tuple]) -> None:
+        """Recompile for new static input shapes (OpenVINO); other backends cannot."""
+        if self._reshape is None:
+            raise UserError(f"{self.name}: this backend cannot reshape a static graph")
+        self._run = self._reshape(shapes)
+        self.entry = copy.deepcopy(self.entry)
+        for key, shape in shapes.items():
+            self.entry.inputs[key]["shape"] = list(shape)
 
     def _checked(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         declared = self.entry.inputs
@@ -42,39 +71,53 @@ class Graph:
         for key, value in feeds.items():
             spec = declared[key]
             value = np.ascontiguousarray(value, dtype=spec["dtype"])
-            _check_shape(self.name, key, value.shape, spec["shape"])
+            if not _fits(value.shape, spec["shape"]):
+                raise UserError(
+                    f"{self.name} input {key} has shape {tuple(value.shape)}, but the exported model takes "
+                    f"{tuple(spec['shape'])}; re-export for this size/batch"
+                )
             out[key] = value
         return out
 
 
-def _check_shape(graph: str, name: str, shape: tuple, declared: list) -> None:
-    static_ok = all(isinstance(d, str) or d == s for s, d in zip(shape, declared))
-    if len(shape) != len(declared) or not static_ok:
-        raise UserError(
-            f"{graph} input {name} has shape {tuple(shape)}, but the exported model takes "
-            f"{tuple(declared)}; re-export for this size/batch"
-        )
+def _fits(shape, declared: list) -> bool:
+    return len(shape) == len(declared) and all(isinstance(d, str) or d == s for s, d in zip(shape, declared))
 
 
-def _ov_precision_hint(precision: str) -> dict[str, str]:
-    # OpenVINO on AMX/AVX512-BF16 CPUs infers in bf16 by default even from an fp32 IR.
-    return {"INFERENCE_PRECISION_HINT": "f32"} if precision == "fp32" else {}
+def openvino_config(precision: str, cache_dir: Path | None, inference_precision: str | None = None) -> dict:
+    """fp32 models infer in f32 (OpenVINO on AMX/AVX512-BF16 CPUs picks bf16 by default); cache dir if given."""
+    config = {}
+    hint = inference_precision or ("f32" if precision == "fp32" else None)
+    if hint:
+        config["INFERENCE_PRECISION_HINT"] = hint
+    if cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        config["CACHE_DIR"] = str(cache_dir)
+    return config
 
 
-def load_openvino(path: Path, name: str, entry: ComponentEntry, precision: str) -> Graph:
-    """Compile an IR for the CPU; fp32 models keep fp32 inference precision."""
+def load_openvino(path: Path, name: str, entry: ComponentEntry, config: dict) -> Graph:
+    """Compile an IR for the CPU, reading it from disk so the compile cache can skip the work."""
     import openvino as ov
 
     core = ov.Core()
-    compiled = core.compile_model(str(path), "CPU", _ov_precision_hint(precision))
-    request = compiled.create_infer_request()
-    outputs = {name: compiled.output(name) for name in entry.outputs}
 
-    def run(feeds: dict) -> dict[str, np.ndarray]:
-        result = request.infer(feeds)
-        return {name: result[port].copy() for name, port in outputs.items()}
+    def runner(compiled) -> Runner:
+        request = compiled.create_infer_request()
+        ports = {out: compiled.output(out) for out in entry.outputs}
 
-    return Graph(name, entry, run)
+        def run(feeds: dict) -> dict[str, np.ndarray]:
+            result = request.infer(feeds)
+            return {out: result[port].copy() for out, port in ports.items()}
+
+        return run
+
+    def reshape(shapes: dict[str, tuple]) -> Runner:
+        model = core.read_model(str(path))
+        model.reshape({key: ov.PartialShape(list(shape)) for key, shape in shapes.items()})
+        return runner(core.compile_model(model, "CPU", config))
+
+    return Graph(name, entry, runner(core.compile_model(str(path), "CPU", config)), reshape)
 
 
 def load_onnxruntime(path: Path, name: str, entry: ComponentEntry) -> Graph:
@@ -85,11 +128,7 @@ def load_onnxruntime(path: Path, name: str, entry: ComponentEntry) -> Graph:
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = list(entry.outputs)
-
-    def run(feeds: dict) -> dict[str, np.ndarray]:
-        return dict(zip(names, session.run(names, feeds)))
-
-    return Graph(name, entry, run)
+    return Graph(name, entry, lambda feeds: dict(zip(names, session.run(names, feeds))))
 
 
 def _short_reason(exc: Exception) -> str:
@@ -99,10 +138,12 @@ def _short_reason(exc: Exception) -> str:
     return (useful or lines or [type(exc).__name__])[-1]
 
 
-def load_graph(folder: Path, name: str, entry: ComponentEntry, fmt: str, precision: str) -> Graph:
+def load_graph(folder: Path, name: str, entry: ComponentEntry, fmt: str, precision: str,
+               cache_dir: Path | None = None, inference_precision: str | None = None) -> Graph:
     """Load component `name` of an exported folder with the backend its format calls for."""
     loaders = {
-        "openvino": lambda: load_openvino(folder / entry.file, name, entry, precision),
+        "openvino": lambda: load_openvino(
+            folder / entry.file, name, entry, openvino_config(precision, cache_dir, inference_precision)),
         "onnx": lambda: load_onnxruntime(folder / entry.file, name, entry),
     }
     if fmt not in loaders:

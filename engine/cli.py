@@ -48,17 +48,45 @@ def _require_exporter():
 @app.command()
 @user_errors
 def export(
-    source: str = typer.Argument(..., help="Local diffusers folder, or a hub id such as org/model (needs network)."),
-    out_dir: Path = typer.Argument(..., help="Folder to write the exported model to (created atomically)."),
+    source: Optional[str] = typer.Argument(None, help="Diffusers folder, hub id (org/model, needs network), or a single-file .safetensors checkpoint (A1111/Civitai). Leave out with --random-weights."),
+    out_dir: Optional[Path] = typer.Argument(None, help="Folder to write the exported model to (created atomically)."),
     format: str = typer.Option("openvino", "--format", help="openvino (IR .xml/.bin) or onnx."),
-    precision: str = typer.Option("fp32", "--precision", help="Weight precision: fp32."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32; fp16 (half-size weights); int8 (OpenVINO: NNCF weight compression; ONNX: dynamic MatMul + calibrated static QDQ convs)."),
+    quant: str = typer.Option("weights", "--quant", help="int8 on OpenVINO: weights (weight-only) or hybrid (UNet activations int8 too, calibrated)."),
+    width: Optional[int] = typer.Option(None, "--width", help="Static export: fix the image width (OpenVINO compiles a static graph)."),
+    height: Optional[int] = typer.Option(None, "--height", help="Static export: fix the image height."),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Static export: fix the images per call (the UNet gets 2x this with CFG)."),
+    random_weights: Optional[str] = typer.Option(None, "--random-weights", help="Build the real sd15, lcm or sdxl-turbo architecture with random weights (benchmarks; images are noise)."),
+    family: Optional[str] = typer.Option(None, "--family", help="Single-file checkpoints: sd15, lcm, sdxl or sdxl-turbo when it cannot be inferred from the keys."),
+    config: Optional[str] = typer.Option(None, "--config", help="Single-file checkpoints: a diffusers folder with the configs and tokenizer(s) (default: shipped configs + hub tokenizer)."),
+    lora: Optional[Path] = typer.Option(None, "--lora", help="A LoRA .safetensors to fuse into the UNet (e.g. LCM-LoRA for a 4-step model)."),
+    lora_scale: float = typer.Option(1.0, "--lora-scale", help="Strength of the fused LoRA."),
+    lcm_lora: Optional[bool] = typer.Option(None, "--lcm-lora/--no-lcm-lora", help="Treat the LoRA as LCM-LoRA (LCM scheduler, 4 steps). Default: yes when its file name contains 'lcm'."),
+    calibration_prompts: Optional[Path] = typer.Option(None, "--calibration-prompts", help="Text file, one prompt per line, for int8 calibration (default: captions shipped with sdcpu)."),
+    calibration_samples: int = typer.Option(32, "--calibration-samples", help="UNet calls recorded for int8 calibration."),
+    quality_check: bool = typer.Option(True, "--quality-check/--no-quality-check", help="fp16/int8: render one image with fp32 and the export and print the PSNR."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT_DIR if it already holds something."),
 ):
-    """Export a diffusers SD1.5, LCM, SDXL or SDXL-Turbo pipeline to a self-describing sdcpu model folder."""
+    """Export an SD1.5, LCM, SDXL or SDXL-Turbo model to a self-describing sdcpu model folder.
+
+    Every component is checked against PyTorch (an fp32 export that disagrees fails); fp16/int8
+    exports also report the image PSNR against fp32 for a fixed seed.
+    """
+    if out_dir is None and random_weights and source:
+        source, out_dir = None, Path(source)
+    if out_dir is None:
+        raise UserError("missing OUT_DIR: sdcpu export SOURCE OUT_DIR (or sdcpu export --random-weights FAMILY OUT_DIR)")
     _require_exporter()
     from export.exporter import export_model
+    from export.options import ExportOptions
 
-    export_model(source, out_dir, fmt=format, precision=precision, overwrite=overwrite, log=typer.echo)
+    options = ExportOptions(
+        fmt=format, precision=precision, quant=quant, width=width, height=height, batch=batch,
+        random_weights=random_weights, family=family, config=config, lora=lora, lora_scale=lora_scale,
+        lcm_lora=lcm_lora, calibration_prompts=calibration_prompts, calibration_samples=calibration_samples,
+        quality_check=quality_check, overwrite=overwrite,
+    )
+    export_model(source, out_dir, options, log=typer.echo)
 
 
 @app.command()
@@ -75,6 +103,7 @@ def generate(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="euler, euler-a, ddim, dpm++2m, dpm++2m-karras, lcm, pndm. Default: the one the model's scheduler config names."),
     batch: int = typer.Option(1, "--batch", help="Number of images; image i uses seed+i."),
     output: Path = typer.Option(Path("sdcpu.png"), "--output", "-o", help="PNG path; with --batch N, -SEED is added to each name."),
+    compile_cache: bool = typer.Option(True, "--compile-cache/--no-compile-cache", help="Keep OpenVINO's compiled graphs in $SDCPU_CACHE_DIR (default ~/.cache/sdcpu/openvino) so the next start is fast."),
 ):
     """Generate images from PROMPT with an exported model."""
     from engine.generate_command import run_generate
@@ -82,6 +111,7 @@ def generate(
     run_generate(
         prompt=prompt, model=model, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
         seed=seed, width=width, height=height, scheduler=scheduler, batch=batch, output=output,
+        compile_cache=compile_cache,
     )
 
 

@@ -18,8 +18,11 @@ from models.registry import FAMILIES
 def build_request(pipe: Pipeline, prompt: str, negative_prompt: str, steps, guidance, seed: int,
                   width, height, scheduler, batch: int) -> Request:
     """Options left out take the family's defaults and the model's native size and scheduler."""
-    family = FAMILIES[pipe.manifest.family]
-    default_w, default_h = pipe.manifest.default_size
+    m = pipe.manifest
+    family = FAMILIES[m.family]
+    default_steps = m.default_steps or family.default_steps
+    default_guidance = family.default_guidance if m.default_guidance is None else m.default_guidance
+    default_w, default_h = (m.static_shape["width"], m.static_shape["height"]) if m.static_shape else m.default_size
     try:
         resolved_seed = resolve_seed(seed)
     except ValueError as exc:
@@ -27,8 +30,8 @@ def build_request(pipe: Pipeline, prompt: str, negative_prompt: str, steps, guid
     return Request(
         prompt=prompt,
         negative_prompt=negative_prompt,
-        steps=family.default_steps if steps is None else steps,
-        guidance=family.default_guidance if guidance is None else guidance,
+        steps=default_steps if steps is None else steps,
+        guidance=default_guidance if guidance is None else guidance,
         seed=resolved_seed,
         width=default_w if width is None else width,
         height=default_h if height is None else height,
@@ -75,11 +78,14 @@ def _report_timings(result, steps: int) -> None:
 
 def run_generate(prompt: str, model: Path, negative_prompt: str = "", steps=None, guidance=None,
                  seed: int = -1, width=None, height=None, scheduler=None, batch: int = 1,
-                 output: Path = Path("sdcpu.png")) -> list[Path]:
+                 output: Path = Path("sdcpu.png"), compile_cache: bool = True) -> list[Path]:
     """Load, generate with a per-step progress bar, write one PNG per image."""
-    pipe = Pipeline.load(model)
+    pipe = Pipeline.load(model, compile_cache=compile_cache)
     request = build_request(pipe, prompt, negative_prompt, steps, guidance, seed, width, height, scheduler, batch)
     pipe.validate(request)
+    pipe.fit_static_shapes(request, log=lambda line: typer.echo(line, err=True))
+    if pipe.manifest.random_weights:
+        typer.echo("note: this model has random weights (a benchmark stand-in); its images are noise", err=True)
     if seed == -1:
         typer.echo(f"seed: {request.seed}", err=True)
     if request.negative_prompt and not pipe.uses_cfg(request.guidance):

@@ -25,6 +25,7 @@ class ComponentEntry:
     inputs: dict[str, dict[str, Any]]
     outputs: dict[str, dict[str, Any]]
     parity: dict[str, float] = field(default_factory=dict)
+    precision: str = "fp32"
 
 
 @dataclass
@@ -50,6 +51,12 @@ class Manifest:
     force_zeros_for_empty_prompt: bool = False
     vae_precision: str = "fp32"
     random_weights: bool = False
+    quantization: str | None = None
+    static_shape: dict[str, int] | None = None
+    default_steps: int | None = None
+    default_guidance: float | None = None
+    lora: dict[str, Any] | None = None
+    quality: dict[str, Any] = field(default_factory=dict)
     schema: int = MANIFEST_SCHEMA
 
     def to_json(self) -> str:
@@ -60,6 +67,9 @@ class Manifest:
         data = dict(data)
         data["components"] = {k: ComponentEntry(**v) for k, v in data["components"].items()}
         data["default_size"] = tuple(data["default_size"])
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown fields {sorted(unknown)} (written by a newer sdcpu?)")
         return cls(**data)
 
 

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from engine.backends import Graph, load_graph
+from engine.backends import Graph, default_cache_dir, load_graph
 from engine.conditioning import guidance_scale_embedding, sd_conditioning, sdxl_conditioning
 from engine.denoisers import denoiser_from_eps, denoiser_from_v
 from engine.errors import UserError
@@ -72,9 +72,10 @@ class Pipeline:
         self.scheduler_config = scheduler_config
 
     @classmethod
-    def load(cls, folder: Path) -> "Pipeline":
-        """Check the folder against its manifest, then compile its three graphs."""
+    def load(cls, folder: Path, compile_cache: bool = True, inference_precision: str | None = None) -> "Pipeline":
+        """Check the folder against its manifest, then compile its graphs (OpenVINO: through the compile cache)."""
         folder = Path(folder).expanduser()
+        cache_dir = default_cache_dir() if compile_cache else None
         manifest = load_manifest(folder)
         try:
             config = json.loads((folder / manifest.scheduler_config).read_text())
@@ -84,8 +85,42 @@ class Pipeline:
         tokenizers = [ClipTokenizer.from_folder(folder / name) for name in names]
         graphs = {}
         for name, entry in manifest.components.items():
-            graphs[name] = load_graph(folder, name, entry, manifest.format, manifest.precision)
+            graphs[name] = load_graph(
+                folder, name, entry, manifest.format, manifest.precision, cache_dir, inference_precision)
         return cls(folder, manifest, graphs, tokenizers, config)
+
+    def graphs(self) -> dict[str, Graph]:
+        encoders = dict(zip(("text_encoder", "text_encoder_2"), self.text_encoders))
+        return {**encoders, "unet": self.unet, "vae_decoder": self.vae_decoder}
+
+    def shapes_for(self, request: Request, cfg: bool) -> dict[str, dict[str, tuple]]:
+        """The input shapes each graph sees for `request` (text encoders and VAE run one image at a time)."""
+        factor = self.manifest.vae_scale_factor
+        latent = (request.height // factor, request.width // factor)
+        rows = request.batch * (2 if cfg else 1)
+        unet = {k: (rows, *v["shape"][1:]) for k, v in self.unet.entry.inputs.items()}
+        unet["sample"] = (rows, self.manifest.latent_channels, *latent)
+        shapes = {"unet": unet, "vae_decoder": {"latent_sample": (1, self.manifest.latent_channels, *latent)}}
+        for name, encoder in zip(("text_encoder", "text_encoder_2"), self.text_encoders):
+            shapes[name] = {"input_ids": (1, encoder.entry.inputs["input_ids"]["shape"][1])}
+        return shapes
+
+    def fit_static_shapes(self, request: Request, log: Callable[[str], None] | None = None) -> None:
+        """Static exports: OpenVINO recompiles for another size/batch (a note says so); ONNX cannot."""
+        cfg = self.uses_cfg(request.guidance)
+        for name, shapes in self.shapes_for(request, cfg).items():
+            graph = self.graphs()[name]
+            if not graph.static_mismatches(shapes):
+                continue
+            static = self.manifest.static_shape or {}
+            if self.manifest.format != "openvino":
+                raise UserError(
+                    f"this ONNX model was exported with static shapes ({static.get('width')}x{static.get('height')}, "
+                    f"batch {static.get('batch')}); generate at that size or re-export without --width/--height/--batch"
+                )
+            if log:
+                log(f"note: {name} was exported static; recompiling for {request.width}x{request.height} batch {request.batch}")
+            graph.reshape({k: tuple(v) for k, v in shapes.items()})
 
     @property
     def has_guidance_embedding(self) -> bool:
@@ -164,6 +199,7 @@ class Pipeline:
     def generate(self, request: Request, on_step: StepCallback | None = None) -> Result:
         """Run one request; `on_step(i, n)` is called after each denoising step."""
         self.validate(request)
+        self.fit_static_shapes(request)
         timings = {}
         started = time.perf_counter()
         cfg = self.uses_cfg(request.guidance)

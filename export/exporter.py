@@ -15,7 +15,7 @@ import onnx
 import engine
 from engine.backends import load_graph
 from engine.errors import UserError
-from engine.manifest import FORMATS, ComponentEntry, Manifest, write_manifest
+from engine.manifest import ComponentEntry, Manifest, write_manifest
 from export.components import (
     ComponentSpec,
     sdxl_text_encoder_spec,
@@ -24,10 +24,12 @@ from export.components import (
     vae_decoder_spec,
 )
 from export.convert import consolidate_onnx, export_onnx, onnx_to_openvino
+from export.options import ExportOptions
 from export.parity import compare_component, require_fp32_parity, torch_outputs
-from export.source import PipelineSource, detect_family
+from export.precision import convert_component, describe, needs_calibration
+from export.source import detect_family, open_source
+from models.registry import FAMILIES
 
-PRECISIONS = ("fp32",)
 Log = Callable[[str], None]
 
 
@@ -42,8 +44,11 @@ def _value_info(values) -> dict[str, dict]:
     return info
 
 
-def _export_component(spec: ComponentSpec, folder: Path, fmt: str, log: Log) -> ComponentEntry:
-    """Trace, free the torch module, convert, reload with our runtime, and check parity against torch."""
+def _export_component(spec: ComponentSpec, folder: Path, fmt: str, log: Log) -> tuple[ComponentEntry, list]:
+    """Trace, free the torch module, convert, reload with our runtime, and check parity against torch.
+
+    Returns the entry and the torch references, so reduced-precision graphs can be checked later.
+    """
     started = time.perf_counter()
     references = torch_outputs(spec)
     trace = export_onnx(spec, folder / spec.name / "trace" / "model.onnx")
@@ -62,11 +67,15 @@ def _export_component(spec: ComponentSpec, folder: Path, fmt: str, log: Log) -> 
     runtime_graph = load_graph(folder, spec.name, entry, fmt, "fp32")
     entry.parity = compare_component(spec, references, runtime_graph)
     require_fp32_parity(spec.name, entry.parity)
+    _log_parity(log, spec.name, "fp32", time.perf_counter() - started, entry.parity)
+    return entry, references
+
+
+def _log_parity(log: Log, name: str, precision: str, seconds: float, parity: dict) -> None:
     log(
-        f"  {spec.name:<15} {time.perf_counter() - started:6.1f} s   "
-        f"parity: max abs err {entry.parity['max_abs_error']:.2e}, PSNR {entry.parity['psnr_db']:.1f} dB"
+        f"  {name:<15} {precision:<5} {seconds:6.1f} s   parity vs PyTorch: "
+        f"max abs err {parity['max_abs_error']:.2e}, PSNR {parity['psnr_db']:.1f} dB"
     )
-    return entry
 
 
 def _staging_dir(out_dir: Path) -> Path:
@@ -87,23 +96,15 @@ def _move_into_place(staging: Path, out_dir: Path) -> None:
         os.replace(staging, out_dir)
 
 
-def _check_request(out_dir: Path, fmt: str, precision: str, overwrite: bool) -> None:
-    if fmt not in FORMATS:
-        raise UserError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}; this version exports {', '.join(PRECISIONS)}")
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise UserError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
-
-
-def _manifest(src: PipelineSource, family: str, fmt: str, precision: str, entries, out_dir: Path) -> Manifest:
+def _manifest(src, family: str, options: ExportOptions, entries, out_dir: Path) -> Manifest:
     unet, vae = src.config("unet"), src.config("vae")
     vae_scale = 2 ** (len(vae["block_out_channels"]) - 1)
     side = unet["sample_size"] * vae_scale
+    lcm_lora = getattr(src, "lcm", False) and unet.get("time_cond_proj_dim") is None
     return Manifest(
         family=family,
-        format=fmt,
-        precision=precision,
+        format=options.fmt,
+        precision=options.precision,
         name=out_dir.name,
         source=src.source,
         sdcpu_version=engine.__version__,
@@ -115,10 +116,14 @@ def _manifest(src: PipelineSource, family: str, fmt: str, precision: str, entrie
         size_multiple=vae_scale,
         vae_scale_factor=vae_scale,
         vae_scaling_factor=float(vae["scaling_factor"]),
-        vae_precision="fp32",
+        vae_precision=entries["vae_decoder"].precision,
         latent_channels=int(unet["in_channels"]),
         time_cond_proj_dim=unet.get("time_cond_proj_dim"),
         force_zeros_for_empty_prompt=bool(src.index.get("force_zeros_for_empty_prompt", False)),
+        random_weights=src.source.startswith("random-weights:"),
+        quantization=describe(options.fmt, options.precision, options.quant, is_sdxl(family)),
+        default_guidance=1.0 if lcm_lora else None,
+        lora=src.describe() if hasattr(src, "describe") else None,
     )
 
 
@@ -126,7 +131,7 @@ def is_sdxl(family: str) -> bool:
     return family.startswith("sdxl")
 
 
-def _spec_makers(src: PipelineSource, family: str):
+def _spec_makers(src, family: str):
     """Build each component's spec on demand, so one torch module is loaded at a time."""
     if is_sdxl(family):
         yield lambda: sdxl_text_encoder_spec("text_encoder", src.load("text_encoder"), with_projection=False)
@@ -137,7 +142,7 @@ def _spec_makers(src: PipelineSource, family: str):
     yield lambda: vae_decoder_spec(src.load("vae"))
 
 
-def _check_supported(src: PipelineSource) -> str:
+def _check_supported(src) -> str:
     family = detect_family(src.config("unet"), src.config("scheduler"), src.has("text_encoder_2"))
     if not src.has("text_encoder"):
         raise UserError(f"{src.source}: pipelines without a first text encoder (e.g. the SDXL refiner) are not supported")
@@ -150,33 +155,119 @@ def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def export_model(
-    source: str, out_dir: Path, fmt: str = "openvino", precision: str = "fp32",
-    overwrite: bool = False, log: Log = print,
-) -> Manifest:
-    """Export the text encoder(s), UNet and VAE decoder of `source` into `out_dir`."""
+def _export_fp32(src, family: str, folder: Path, options: ExportOptions, log: Log):
+    """Every component traced and parity-checked at fp32 into `folder`, plus tokenizers, scheduler, manifest."""
+    entries, checks = {}, {}
+    for make_spec in _spec_makers(src, family):
+        spec = make_spec()
+        entries[spec.name], references = _export_component(spec, folder, options.fmt, log)
+        checks[spec.name] = (spec, references)
+        del spec
+        gc.collect()
+    for name in ("tokenizer", "tokenizer_2") if is_sdxl(family) else ("tokenizer",):
+        src.load(name).save_pretrained(folder / name)
+    src.load("scheduler").save_config(folder / "scheduler")
+    fp32 = ExportOptions(**{**options.__dict__, "precision": "fp32", "quant": "weights"})
+    write_manifest(folder, _manifest(src, family, fp32, entries, folder))
+    return entries, checks
+
+
+def _calibration(fp32_dir: Path, options: ExportOptions, size: tuple[int, int], log: Log):
+    from export.calibration import collect_unet_inputs, load_prompts
+
+    prompts = load_prompts(options.calibration_prompts)
+    return collect_unet_inputs(fp32_dir, prompts, options.calibration_samples, size, log)
+
+
+def _reduce_precision(fp32_dir: Path, staging: Path, family: str, options: ExportOptions, fp32_entries: dict,
+                      checks: dict, size: tuple[int, int], log: Log) -> dict[str, ComponentEntry]:
+    """Convert each fp32 graph to the target precision and measure it against the torch references."""
+    calibration = None
+    if needs_calibration(options.fmt, options.precision, options.quant):
+        calibration = _calibration(fp32_dir, options, size, log)
+    entries = {}
+    for name, fp32_entry in fp32_entries.items():
+        started = time.perf_counter()
+        files, precision = convert_component(name, fp32_entry, fp32_dir, staging, options.fmt, options.precision,
+                                             options.quant, is_sdxl(family), calibration, log)
+        entry = ComponentEntry(file=fp32_entry.file, files=[str(f.relative_to(staging)) for f in files],
+                               inputs=fp32_entry.inputs, outputs=fp32_entry.outputs, precision=precision)
+        spec, references = checks[name]
+        entry.parity = compare_component(spec, references, load_graph(staging, name, entry, options.fmt, precision))
+        _log_parity(log, name, precision, time.perf_counter() - started, entry.parity)
+        entries[name] = entry
+        gc.collect()
+    for name in ("tokenizer", "tokenizer_2", "scheduler"):
+        if (fp32_dir / name).is_dir():
+            shutil.copytree(fp32_dir / name, staging / name)
+    return entries
+
+
+def _apply_static(staging: Path, family: str, options: ExportOptions, entries: dict, src, log: Log) -> dict:
+    from export.static_shapes import make_static, static_input_shapes
+
+    unet, vae = src.config("unet"), src.config("vae")
+    vae_scale = 2 ** (len(vae["block_out_channels"]) - 1)
+    width, height, batch = options.static_size((unet["sample_size"] * vae_scale,) * 2, vae_scale)
+    defaults = FAMILIES[family]
+    cfg = defaults.default_guidance > 1 and unet.get("time_cond_proj_dim") is None and not getattr(src, "lcm", False)
+    shapes = static_input_shapes(entries, width, height, batch, cfg, vae_scale, int(unet["in_channels"]))
+    make_static(staging, entries, options.fmt, shapes)
+    log(f"  static shapes: {width}x{height}, batch {batch} (UNet batch {shapes['unet']['sample'][0]})")
+    return {"width": width, "height": height, "batch": batch}
+
+
+def export_model(source: str | None, out_dir: Path, options: ExportOptions | None = None,
+                 log: Log = print, **option_values) -> Manifest:
+    """Export the text encoder(s), UNet and VAE decoder of `source` into `out_dir` (see ExportOptions)."""
+    options = options or ExportOptions(**option_values)
     out_dir = Path(out_dir).expanduser().resolve()
-    _check_request(out_dir, fmt, precision, overwrite)
-    log(f"loading {source}")
-    src = PipelineSource(source)
+    options.check(out_dir)
+    log(f"loading {source or 'random weights: ' + str(options.random_weights)}")
+    src = open_source(source, options.random_weights, options.family, options.config,
+                      options.lora, options.lora_scale, options.lcm_lora)
     family = _check_supported(src)
-    log(f"exporting {family} to {fmt} {precision}")
+    label = options.precision + (" hybrid" if options.quant == "hybrid" else "")
+    log(f"exporting {family} to {options.fmt} {label}")
+    started = time.perf_counter()
     staging = _staging_dir(out_dir)
+    fp32_dir = staging if options.precision == "fp32" else staging / ".fp32"
     try:
-        entries = {}
-        for make_spec in _spec_makers(src, family):
-            spec = make_spec()
-            entries[spec.name] = _export_component(spec, staging, fmt, log)
-            del spec
-            gc.collect()
-        for name in ("tokenizer", "tokenizer_2") if is_sdxl(family) else ("tokenizer",):
-            src.load(name).save_pretrained(staging / name)
-        src.load("scheduler").save_config(staging / "scheduler")
-        manifest = _manifest(src, family, fmt, precision, entries, out_dir)
+        fp32_entries, checks = _export_fp32(src, family, fp32_dir, options, log)
+        size = _working_size(fp32_dir, options)
+        entries = fp32_entries
+        if options.precision != "fp32":
+            entries = _reduce_precision(fp32_dir, staging, family, options, fp32_entries, checks, size, log)
+        del checks
+        manifest = _manifest(src, family, options, entries, out_dir)
         write_manifest(staging, manifest)
+        if options.precision != "fp32" and options.quality_check:
+            manifest.quality = _quality(fp32_dir, staging, size, log)
+        if options.static:
+            manifest.static_shape = _apply_static(staging, family, options, entries, src, log)
+        write_manifest(staging, manifest)
+        if fp32_dir != staging:
+            shutil.rmtree(fp32_dir)
         _move_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log(f"wrote {out_dir} (peak RAM {_peak_rss_gib():.1f} GiB)")
+    log(f"wrote {out_dir} in {time.perf_counter() - started:.0f} s (peak RAM {_peak_rss_gib():.1f} GiB)")
     return manifest
+
+
+def _working_size(fp32_dir: Path, options: ExportOptions) -> tuple[int, int]:
+    """The size calibration and the quality check run at: the static size if any, else the native one."""
+    from engine.manifest import load_manifest
+
+    fp32 = load_manifest(fp32_dir)
+    return options.static_size(fp32.default_size, fp32.size_multiple)[:2] if options.static else fp32.default_size
+
+
+def _quality(fp32_dir: Path, staging: Path, size: tuple[int, int], log: Log) -> dict:
+    from export.quality import compare_images
+
+    quality = compare_images(fp32_dir, staging, size)
+    log(f"  image vs fp32 (seed {quality['seed']}, {quality['steps']} steps, {size[0]}x{size[1]}): "
+        f"PSNR {quality['image_psnr_db']:.1f} dB, worst pixel {quality['max_pixel_diff']} levels")
+    return quality

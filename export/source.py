@@ -38,11 +38,6 @@ def _first_line(exc: Exception) -> str:
 def resolve_source(source: str) -> str:
     """A local diffusers folder path or a hub id; anything else is a UserError."""
     path = Path(source).expanduser()
-    if path.suffix in CHECKPOINT_SUFFIXES:
-        raise UserError(
-            f"{source}: single-file checkpoints are not supported by this version; "
-            "convert it to a diffusers folder first"
-        )
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise UserError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
@@ -95,13 +90,81 @@ class PipelineSource:
             raise UserError(f"could not read {name} config of {self.source}: {_first_line(exc)}") from None
 
 
+def is_checkpoint_file(source: str | None) -> bool:
+    return bool(source) and Path(source).suffix.lower() in CHECKPOINT_SUFFIXES
+
+
+def open_source(source: str | None, random_weights: str | None = None, family: str | None = None,
+                config: str | None = None, lora: Path | None = None, lora_scale: float = 1.0,
+                lcm_lora: bool | None = None):
+    """The right source for what the user gave: random weights, a single-file checkpoint or a diffusers pipeline."""
+    if random_weights and source:
+        raise UserError("give either SOURCE or --random-weights, not both")
+    if random_weights:
+        from export.random_weights import RandomWeightsSource
+
+        src = RandomWeightsSource(random_weights)
+    elif not source:
+        raise UserError("missing SOURCE: a diffusers folder, a hub id, a .safetensors checkpoint, or --random-weights FAMILY")
+    elif is_checkpoint_file(source):
+        from export.single_file import SingleFileSource
+
+        src = SingleFileSource(source, family=family, config_dir=config)
+    else:
+        src = PipelineSource(source)
+    if lora is not None:
+        src = LoraSource(src, Path(lora), lora_scale, lcm_lora)
+    return src
+
+
+class LoraSource:
+    """A source whose UNet has a LoRA fused in; an LCM-LoRA also switches the scheduler to LCM."""
+
+    def __init__(self, base, lora: Path, scale: float, lcm: bool | None):
+        self.base = base
+        self.lora = lora
+        self.scale = scale
+        self.lcm = "lcm" in lora.name.lower() if lcm is None else lcm
+        self.source = f"{base.source} + LoRA {lora.name} x{scale:g}"
+        self.index = dict(base.index)
+        if self.lcm:
+            self.index["scheduler"] = ["diffusers", "LCMScheduler"]
+
+    def has(self, name: str) -> bool:
+        return self.base.has(name)
+
+    def config(self, name: str) -> dict:
+        if name == "scheduler" and self.lcm:
+            return dict(self.load("scheduler").config)
+        return self.base.config(name)
+
+    def load(self, name: str):
+        """The base component, with the LoRA fused into the UNet (diffusers' fuse_lora)."""
+        if name == "unet":
+            from export.lora import fuse_lora
+
+            sdxl = self.base.has("text_encoder_2")
+            return fuse_lora(self.base.load("unet"), self.lora, self.scale, family="sdxl" if sdxl else "sd15")
+        if name == "scheduler" and self.lcm:
+            from diffusers import LCMScheduler
+
+            return LCMScheduler.from_config(self.base.config("scheduler"))
+        return self.base.load(name)
+
+    def describe(self) -> dict:
+        return {"file": self.lora.name, "scale": self.scale, "lcm": self.lcm}
+
+
 def detect_family(unet_config: dict, scheduler_config: dict, has_text_encoder_2: bool) -> str:
     """sdxl-turbo / sdxl with a second text encoder, lcm with a guidance-embedding UNet, else sd15."""
+    lcm_scheduler = scheduler_config.get("_class_name") == "LCMScheduler"
     if has_text_encoder_2:
+        if lcm_scheduler:
+            return "sdxl-lcm"
         trailing = scheduler_config.get("timestep_spacing") == "trailing"
         return "sdxl-turbo" if trailing else "sdxl"
     if unet_config.get("time_cond_proj_dim") is not None:
         return "lcm"
-    if scheduler_config.get("_class_name") == "LCMScheduler":
+    if lcm_scheduler:
         return "lcm"
     return "sd15"

@@ -50,6 +50,14 @@ FAMILIES: dict[str, Family] = {
         useful_steps=(20, 50),
         notes="two text encoders; classifier-free guidance with the negative prompt",
     ),
+    "sdxl-lcm": Family(
+        name="sdxl-lcm",
+        title="SDXL with an LCM-LoRA fused in",
+        default_steps=4,
+        default_guidance=1.0,
+        useful_steps=(2, 8),
+        notes="LCM scheduler; guidance 1-2 (CFG off at 1), as LCM-LoRA is meant to be used",
+    ),
 }
 
 

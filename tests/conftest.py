@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+os.environ.setdefault("SDCPU_CACHE_DIR", tempfile.mkdtemp(prefix="sdcpu-test-cache-"))
 
 FORMATS = ("openvino", "onnx")
 

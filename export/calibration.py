@@ -1,0 +1,69 @@
+"""Calibration data for INT8 activations: UNet inputs recorded while our runtime denoises real prompts.
+
+As optimum-intel's hybrid quantization does, the samples are the UNet's actual inputs along
+whole denoising trajectories (every timestep, both CFG halves), here taken from the fp32 export
+running in our own numpy pipeline, so they match exactly what the quantized graph will be fed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from engine.errors import UserError
+
+PROMPTS_FILE = Path(__file__).with_name("calibration_prompts.txt")
+MAX_STEPS_PER_PROMPT = 4
+
+
+def load_prompts(path: Path | None = None) -> list[str]:
+    """One prompt per non-empty line of `path` (default: the captions that ship with sdcpu)."""
+    path = Path(path) if path else PROMPTS_FILE
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read calibration prompts {path}: {exc}") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise UserError(f"calibration prompt file {path} has no prompts")
+    return prompts
+
+
+def spread(prompts: list[str], count: int) -> list[str]:
+    """`count` prompts taken evenly across the list (cycling when it is shorter)."""
+    return [prompts[(i * len(prompts)) // count % len(prompts)] if count <= len(prompts) else prompts[i % len(prompts)]
+            for i in range(count)]
+
+
+def collect_unet_inputs(model_dir: Path, prompts: list[str], samples: int, size: tuple[int, int],
+                        log: Callable[[str], None] = print) -> list[dict[str, np.ndarray]]:
+    """Run the fp32 export on enough prompts to record `samples` UNet calls (default steps, guidance, sampler)."""
+    from tqdm import tqdm
+
+    from engine.pipeline import Pipeline, Request
+    from models.registry import FAMILIES
+
+    if samples < 1:
+        raise UserError(f"--calibration-samples must be at least 1 (got {samples})")
+    pipe = Pipeline.load(model_dir, compile_cache=False)
+    family = FAMILIES[pipe.manifest.family]
+    steps = min(pipe.manifest.default_steps or family.default_steps, MAX_STEPS_PER_PROMPT)
+    guidance = family.default_guidance if pipe.manifest.default_guidance is None else pipe.manifest.default_guidance
+    recorded: list[dict[str, np.ndarray]] = []
+    original_run = pipe.unet.run
+
+    def record(**feeds):
+        recorded.append({k: np.array(v, copy=True) for k, v in feeds.items()})
+        return original_run(**feeds)
+
+    pipe.unet.run = record
+    chosen = spread(prompts, math.ceil(samples / steps))
+    log(f"  calibration: {samples} UNet calls from {len(chosen)} prompts x {steps} steps at {size[0]}x{size[1]}")
+    for i, prompt in enumerate(tqdm(chosen, desc="  calibrating", unit="prompt", leave=False)):
+        request = Request(prompt=prompt, negative_prompt="", steps=steps, guidance=guidance, seed=i,
+                          width=size[0], height=size[1], sampler=pipe.default_sampler())
+        pipe.generate(request)
+    return recorded[:samples]

@@ -1,0 +1,75 @@
+"""What `sdcpu export` was asked to do, checked up front so a bad flag fails before any heavy work."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import UserError
+from engine.manifest import FORMATS
+from export.precision import PRECISIONS, QUANT_MODES
+
+SINGLE_FILE_FAMILIES = ("sd15", "lcm", "sdxl", "sdxl-turbo")
+DEFAULT_CALIBRATION_SAMPLES = 32
+
+
+@dataclass
+class ExportOptions:
+    """Format, precision and quantization, static shapes, source details, calibration and checks."""
+
+    fmt: str = "openvino"
+    precision: str = "fp32"
+    quant: str = "weights"
+    width: int | None = None
+    height: int | None = None
+    batch: int | None = None
+    random_weights: str | None = None
+    family: str | None = None
+    config: str | None = None
+    lora: Path | None = None
+    lora_scale: float = 1.0
+    lcm_lora: bool | None = None
+    calibration_prompts: Path | None = None
+    calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES
+    quality_check: bool = True
+    overwrite: bool = False
+
+    @property
+    def static(self) -> bool:
+        return any(v is not None for v in (self.width, self.height, self.batch))
+
+    def check(self, out_dir: Path) -> None:
+        """One clear error per bad combination."""
+        if self.fmt not in FORMATS:
+            raise UserError(f"unknown format {self.fmt!r}; choose one of {', '.join(FORMATS)}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.quant not in QUANT_MODES:
+            raise UserError(f"unknown --quant {self.quant!r}; choose one of {', '.join(QUANT_MODES)}")
+        if self.quant == "hybrid" and (self.fmt != "openvino" or self.precision != "int8"):
+            raise UserError("--quant hybrid needs --format openvino --precision int8 "
+                            "(ONNX int8 already quantizes the UNet's convolution activations)")
+        if self.family is not None and self.family not in SINGLE_FILE_FAMILIES:
+            raise UserError(f"unknown --family {self.family!r}; choose one of {', '.join(SINGLE_FILE_FAMILIES)}")
+        if self.calibration_samples < 1:
+            raise UserError(f"--calibration-samples must be at least 1 (got {self.calibration_samples})")
+        if self.calibration_prompts is not None and not Path(self.calibration_prompts).is_file():
+            raise UserError(f"calibration prompt file not found: {self.calibration_prompts}")
+        if self.lora is not None and not Path(self.lora).is_file():
+            raise UserError(f"LoRA file not found: {self.lora}")
+        if not math.isfinite(self.lora_scale):
+            raise UserError(f"--lora-scale must be a finite number (got {self.lora_scale})")
+        if self.batch is not None and self.batch < 1:
+            raise UserError(f"--batch must be at least 1 (got {self.batch})")
+        if out_dir.exists() and any(out_dir.iterdir()) and not self.overwrite:
+            raise UserError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
+
+    def static_size(self, default_size: tuple[int, int], multiple: int) -> tuple[int, int, int]:
+        """(width, height, batch) for a static export; the model's native size fills a missing side."""
+        width = self.width or default_size[0]
+        height = self.height or default_size[1]
+        for side, value in (("width", width), ("height", height)):
+            if value < multiple or value % multiple:
+                raise UserError(f"--{side} must be a positive multiple of {multiple} (got {value})")
+        return width, height, self.batch or 1

@@ -1,0 +1,47 @@
+"""End-to-end quality of a reduced-precision export: the same seed through the fp32 export and through it."""
+
+from __future__ import annotations
+
+import gc
+import math
+from pathlib import Path
+
+import numpy as np
+
+QUALITY_PROMPT = "a cozy cabin by a lake at sunset, oil painting"
+QUALITY_SEED = 0
+MAX_QUALITY_STEPS = 4
+
+
+def image_psnr_db(reference: np.ndarray, test: np.ndarray) -> float:
+    """PSNR of two uint8 images with 255 as the peak (inf when identical)."""
+    rmse = math.sqrt(float(np.mean((reference.astype(np.float64) - test.astype(np.float64)) ** 2)))
+    return math.inf if rmse == 0 else 20 * math.log10(255.0 / rmse)
+
+
+def _render(model_dir: Path, size: tuple[int, int], steps: int | None) -> tuple[np.ndarray, int]:
+    from engine.pipeline import Pipeline, Request
+    from models.registry import FAMILIES
+
+    pipe = Pipeline.load(model_dir, compile_cache=False)
+    family = FAMILIES[pipe.manifest.family]
+    steps = steps or min(pipe.manifest.default_steps or family.default_steps, MAX_QUALITY_STEPS)
+    guidance = family.default_guidance if pipe.manifest.default_guidance is None else pipe.manifest.default_guidance
+    request = Request(prompt=QUALITY_PROMPT, negative_prompt="", steps=steps, guidance=guidance,
+                      seed=QUALITY_SEED, width=size[0], height=size[1], sampler=pipe.default_sampler())
+    image = pipe.generate(request).images[0]
+    del pipe
+    gc.collect()
+    return image, steps
+
+
+def compare_images(fp32_dir: Path, test_dir: Path, size: tuple[int, int]) -> dict:
+    """Image PSNR and worst pixel difference of `test_dir` against `fp32_dir` for a fixed prompt and seed."""
+    reference, steps = _render(fp32_dir, size, None)
+    test, _ = _render(test_dir, size, steps)
+    psnr = image_psnr_db(reference, test)
+    return {
+        "image_psnr_db": round(psnr, 2) if math.isfinite(psnr) else 999.0,
+        "max_pixel_diff": int(np.max(np.abs(reference.astype(np.int16) - test))),
+        "prompt": QUALITY_PROMPT, "seed": QUALITY_SEED, "steps": steps, "size": list(size),
+    }
