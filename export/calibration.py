@@ -38,9 +38,12 @@ def spread(prompts: list[str], count: int) -> list[str]:
             for i in range(count)]
 
 
-def collect_unet_inputs(model_dir: Path, prompts: list[str], samples: int, size: tuple[int, int],
-                        log: Callable[[str], None] = print) -> list[dict[str, np.ndarray]]:
-    """Run the fp32 export on enough prompts to record `samples` UNet calls (default steps, guidance, sampler)."""
+def collect_inputs(model_dir: Path, prompts: list[str], samples: int, size: tuple[int, int],
+                   log: Callable[[str], None] = print) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Run the fp32 export on enough prompts to record `samples` UNet calls (default steps, guidance, sampler).
+
+    Returns the recorded feeds per component: `samples` for the UNet, one VAE decode per prompt.
+    """
     from tqdm import tqdm
 
     from engine.pipeline import Pipeline, Request
@@ -52,18 +55,25 @@ def collect_unet_inputs(model_dir: Path, prompts: list[str], samples: int, size:
     family = FAMILIES[pipe.manifest.family]
     steps = min(pipe.manifest.default_steps or family.default_steps, MAX_STEPS_PER_PROMPT)
     guidance = family.default_guidance if pipe.manifest.default_guidance is None else pipe.manifest.default_guidance
-    recorded: list[dict[str, np.ndarray]] = []
-    original_run = pipe.unet.run
-
-    def record(**feeds):
-        recorded.append({k: np.array(v, copy=True) for k, v in feeds.items()})
-        return original_run(**feeds)
-
-    pipe.unet.run = record
+    recorded = {"unet": [], "vae_decoder": []}
+    for name in recorded:
+        _record_calls(getattr(pipe, name), recorded[name])
     chosen = spread(prompts, math.ceil(samples / steps))
     log(f"  calibration: {samples} UNet calls from {len(chosen)} prompts x {steps} steps at {size[0]}x{size[1]}")
     for i, prompt in enumerate(tqdm(chosen, desc="  calibrating", unit="prompt", leave=False)):
         request = Request(prompt=prompt, negative_prompt="", steps=steps, guidance=guidance, seed=i,
                           width=size[0], height=size[1], sampler=pipe.default_sampler())
         pipe.generate(request)
-    return recorded[:samples]
+    recorded["unet"] = recorded["unet"][:samples]
+    return recorded
+
+
+def _record_calls(graph, into: list) -> None:
+    """Wrap `graph.run` so every feed it gets is appended to `into`."""
+    original_run = graph.run
+
+    def record(**feeds):
+        into.append({k: np.array(v, copy=True) for k, v in feeds.items()})
+        return original_run(**feeds)
+
+    graph.run = record

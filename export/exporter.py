@@ -173,10 +173,10 @@ def _export_fp32(src, family: str, folder: Path, options: ExportOptions, log: Lo
 
 
 def _calibration(fp32_dir: Path, options: ExportOptions, size: tuple[int, int], log: Log):
-    from export.calibration import collect_unet_inputs, load_prompts
+    from export.calibration import collect_inputs, load_prompts
 
     prompts = load_prompts(options.calibration_prompts)
-    return collect_unet_inputs(fp32_dir, prompts, options.calibration_samples, size, log)
+    return collect_inputs(fp32_dir, prompts, options.calibration_samples, size, log)
 
 
 def _reduce_precision(fp32_dir: Path, staging: Path, family: str, options: ExportOptions, fp32_entries: dict,
@@ -189,7 +189,7 @@ def _reduce_precision(fp32_dir: Path, staging: Path, family: str, options: Expor
     for name, fp32_entry in fp32_entries.items():
         started = time.perf_counter()
         files, precision = convert_component(name, fp32_entry, fp32_dir, staging, options.fmt, options.precision,
-                                             options.quant, is_sdxl(family), calibration, log)
+                                             options.quant, is_sdxl(family), (calibration or {}).get(name), log)
         entry = ComponentEntry(file=fp32_entry.file, files=[str(f.relative_to(staging)) for f in files],
                                inputs=fp32_entry.inputs, outputs=fp32_entry.outputs, precision=precision)
         spec, references = checks[name]
