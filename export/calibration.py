@@ -42,7 +42,9 @@ def collect_inputs(model_dir: Path, prompts: list[str], samples: int, size: tupl
                    log: Callable[[str], None] = print) -> dict[str, list[dict[str, np.ndarray]]]:
     """Run the fp32 export on enough prompts to record `samples` UNet calls (default steps, guidance, sampler).
 
-    Returns the recorded feeds per component: `samples` for the UNet, one VAE decode per prompt.
+    Returns the recorded feeds per component: `samples` for the UNet, one VAE decode per prompt
+    (export.quantize_onnx can calibrate VAE convolutions on them; see export/precision.py for why
+    the exporter does not).
     """
     from tqdm import tqdm
 

@@ -1,0 +1,93 @@
+"""Export every format x precision of a model and tabulate time, peak RAM, size and parity.
+
+Run by hand, not in CI. Each export runs in its own process (`sdcpu export ...`); its peak RSS
+is the one the exporter prints on its last line (its own ru_maxrss).
+
+  python bench/export_matrix.py --tiny sd15,lcm,sdxl-turbo --out /tmp/matrix          # seconds each
+  python bench/export_matrix.py --random-weights sd15 --out /tmp/matrix-real          # real size, ~1 h
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from engine.manifest import load_manifest
+
+COMBOS = [
+    ("openvino", "fp32", "weights"), ("openvino", "fp16", "weights"), ("openvino", "int8", "weights"),
+    ("openvino", "int8", "hybrid"), ("onnx", "fp32", "weights"), ("onnx", "fp16", "weights"),
+    ("onnx", "int8", "weights"),
+]
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def run_export(source_args: list[str], out: Path, fmt: str, precision: str, quant: str, extra: list[str]) -> dict:
+    """One export in a child process: wall time, the child's peak RSS, and the manifest's figures."""
+    command = ["sdcpu", "export", *source_args, str(out), "--format", fmt, "--precision", precision,
+               "--quant", quant, "--overwrite", *extra]
+    started = time.perf_counter()
+    printed = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
+    seconds = time.perf_counter() - started
+    peak = re.search(r"peak RAM ([0-9.]+) GiB", printed)
+    manifest = load_manifest(out)
+    parity = {name: entry.parity for name, entry in manifest.components.items()}
+    return {
+        "seconds": seconds, "peak_gib": float(peak.group(1)) if peak else None,
+        "bytes": folder_bytes(out), "parity": parity, "quality": manifest.quality,
+    }
+
+
+def row(family: str, combo: tuple, figures: dict) -> str:
+    fmt, precision, quant = combo
+    label = precision + (" hybrid" if quant == "hybrid" else "")
+    unet = figures["parity"]["unet"]
+    worst = min(p["psnr_db"] for p in figures["parity"].values())
+    image = figures["quality"].get("image_psnr_db", "-")
+    peak = f"{figures['peak_gib']:.1f}" if figures["peak_gib"] else "?"
+    return (f"| {family} | {fmt} | {label} | {figures['seconds']:.0f} | {peak} | {figures['bytes'] / 2**20:.1f} | "
+            f"{unet['max_abs_error']:.2e} / {unet['psnr_db']:.1f} | {worst:.1f} | {image} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", default="", help="comma-separated tiny families (sd15, lcm, sdxl-turbo)")
+    parser.add_argument("--random-weights", default="", help="comma-separated real-size families")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--combos", default="", help="e.g. openvino:int8:hybrid,onnx:fp16:weights (default: all)")
+    parser.add_argument("--keep", action="store_true", help="keep the exported folders")
+    args = parser.parse_args()
+    combos = [tuple(c.split(":")) for c in args.combos.split(",")] if args.combos else COMBOS
+    jobs = []
+    if args.tiny:
+        from export.tiny import build_tiny_pipeline
+
+        for family in args.tiny.split(","):
+            source = build_tiny_pipeline(args.out / "sources" / family, family=family)
+            jobs.append((f"{family} (tiny)", [str(source)], ["--calibration-samples", "8"]))
+    for family in filter(None, args.random_weights.split(",")):
+        jobs.append((f"{family} (real size, random)", ["--random-weights", family], []))
+    print("| model | format | precision | export s | peak RAM GiB | folder MiB | UNet max err / PSNR dB "
+          "| worst component PSNR dB | image PSNR vs fp32 dB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for family, source_args, extra in jobs:
+        for combo in combos:
+            out = args.out / f"{family.split()[0]}-{'-'.join(combo)}"
+            figures = run_export(source_args, out, *combo, extra)
+            print(row(family, combo, figures), flush=True)
+            if not args.keep:
+                shutil.rmtree(out)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Every format x precision on the tiny SD1.5 fixture: exports, loads, generates, really is smaller/int8.
+
+Image PSNR thresholds (fixed prompt and seed, fp32 export as reference): the tiny fixture's
+weights are random, so its "images" are high-frequency noise, a worst case for quantization (no
+smooth regions to hide errors in). Measured on it (comment after each threshold): OpenVINO's
+fp16/int8 IRs run in bf16 on this AMX CPU, which dominates their error (~45 dB); ONNX fp16 keeps
+the timestep embedding fp32 (~64 dB); ONNX int8 quantizes conv activations statically (~35 dB).
+Each threshold sits about 10 dB below the measurement: loose enough for CPUs without bf16 and
+for calibration noise, tight enough to catch a broken conversion (a wrong scale or a dropped
+graph gives < 15 dB).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from engine.cli import app
+from engine.manifest import load_manifest
+from engine.pipeline import Pipeline, Request
+
+COMBOS = {
+    ("openvino", "fp16", "weights"): 35.0,  # 45.8
+    ("openvino", "int8", "weights"): 35.0,  # 47.0
+    ("openvino", "int8", "hybrid"): 33.0,  # 44.5
+    ("onnx", "fp16", "weights"): 50.0,  # 63.5
+    ("onnx", "int8", "weights"): 25.0,  # 34.7
+}
+
+
+@pytest.fixture(scope="module")
+def reduced_exports(tiny_sources, tmp_path_factory):
+    from export.exporter import export_model
+
+    root = tmp_path_factory.mktemp("reduced")
+    exports, logs = {}, {}
+    for fmt, precision, quant in COMBOS:
+        out = root / f"{fmt}-{precision}-{quant}"
+        lines = []
+        export_model(str(tiny_sources["sd15"]), out, fmt=fmt, precision=precision, quant=quant,
+                     calibration_samples=6, log=lines.append)
+        exports[fmt, precision, quant], logs[fmt, precision, quant] = out, lines
+    return exports, logs
+
+
+def _size(folder, entry) -> int:
+    return sum((folder / f).stat().st_size for f in entry.files)
+
+
+@pytest.mark.parametrize("combo", list(COMBOS), ids="-".join)
+def test_reduced_export_generates_close_to_fp32(reduced_exports, tiny_exports, combo):
+    exports, logs = reduced_exports
+    folder, manifest = exports[combo], load_manifest(exports[combo])
+    fmt, precision, quant = combo
+    assert (manifest.format, manifest.precision) == (fmt, precision)
+    assert manifest.quality["image_psnr_db"] >= COMBOS[combo], manifest.quality
+    print(combo, "image PSNR vs fp32:", manifest.quality["image_psnr_db"], "dB")
+    assert any("image vs fp32" in line for line in logs[combo])
+    assert all("psnr_db" in entry.parity for entry in manifest.components.values())
+    assert not (folder / ".fp32").exists()
+    request = Request(prompt="a red circle", negative_prompt="", steps=2, guidance=7.5, seed=3,
+                      width=64, height=64, sampler="euler")
+    image = Pipeline.load(folder).generate(request).images[0]
+    assert image.shape == (64, 64, 3) and image.std() > 0
+
+
+@pytest.mark.parametrize("combo", list(COMBOS), ids="-".join)
+def test_reduced_unet_is_smaller_than_fp32(reduced_exports, tiny_exports, combo):
+    folder = reduced_exports[0][combo]
+    fp32_folder = tiny_exports["sd15", combo[0]]
+    unet = load_manifest(folder).components["unet"]
+    fp32_unet = load_manifest(fp32_folder).components["unet"]
+    ratio = _size(folder, unet) / _size(fp32_folder, fp32_unet)
+    assert ratio < (0.6 if combo[1] == "fp16" else 0.45), ratio
+
+
+@pytest.mark.parametrize("quant", ["weights", "hybrid"])
+def test_openvino_int8_ir_holds_int8_weights(reduced_exports, quant):
+    from export.quantize_openvino import weight_element_types
+
+    folder = reduced_exports[0]["openvino", "int8", quant]
+    for name in ("text_encoder", "unet", "vae_decoder"):
+        counts = weight_element_types(folder / name / "model.xml")
+        int8 = counts.get("i8", 0) + counts.get("u8", 0)
+        assert int8 > 4 * counts.get("f32", 0), (name, counts)
+
+
+def test_openvino_hybrid_quantizes_unet_activations(reduced_exports):
+    import openvino as ov
+
+    folder = reduced_exports[0]["openvino", "int8", "hybrid"]
+    ops = {op.get_type_name() for op in ov.Core().read_model(str(folder / "unet" / "model.xml")).get_ops()}
+    assert "FakeQuantize" in ops or "FakeConvert" in ops, sorted(ops)
+
+
+def test_onnx_int8_holds_int8_initializers_and_qdq_convs(reduced_exports):
+    folder = reduced_exports[0]["onnx", "int8", "weights"]
+    model = onnx.load(str(folder / "unet" / "model.onnx"))
+    kinds = [init.data_type for init in model.graph.initializer]
+    assert kinds.count(onnx.TensorProto.INT8) + kinds.count(onnx.TensorProto.UINT8) > 10
+    ops = [node.op_type for node in model.graph.node]
+    assert "QuantizeLinear" in ops and ("DynamicQuantizeLinear" in ops or "MatMulInteger" in ops)
+
+
+def test_onnx_fp16_keeps_float32_inputs(reduced_exports):
+    folder = reduced_exports[0]["onnx", "fp16", "weights"]
+    manifest = load_manifest(folder)
+    assert manifest.components["unet"].inputs["timestep"]["dtype"] == "float32"
+    model = onnx.load(str(folder / "unet" / "model.onnx"))
+    kinds = {init.data_type for init in model.graph.initializer if len(init.dims) > 1}
+    assert onnx.TensorProto.FLOAT16 in kinds
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--format", "onnx", "--precision", "int8", "--quant", "hybrid"], "--quant hybrid needs --format openvino"),
+    (["--precision", "int4"], "unknown precision 'int4'"),
+    (["--calibration-samples", "0", "--precision", "int8"], "--calibration-samples must be at least 1"),
+    (["--calibration-prompts", "/nonexistent/prompts.txt", "--precision", "int8"], "calibration prompt file not found"),
+])
+def test_bad_export_flags_are_one_line_errors(tiny_sources, tmp_path, args, expected):
+    result = CliRunner().invoke(app, ["export", str(tiny_sources["sd15"]), str(tmp_path / "out"), *args])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and expected in result.output
+
+
+def test_random_weights_takes_out_dir_as_only_argument(tmp_path):
+    result = CliRunner().invoke(app, ["export", "--random-weights", "sd3", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "--random-weights takes one of" in result.output, result.output
+
+
+def test_custom_calibration_prompts_are_used(tiny_sources, tmp_path):
+    from export.exporter import export_model
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a blue vase\n\na green field\n")
+    lines = []
+    export_model(str(tiny_sources["sd15"]), tmp_path / "out", fmt="onnx", precision="int8",
+                 calibration_prompts=prompts, calibration_samples=3, quality_check=False, log=lines.append)
+    assert any("3 UNet calls from" in line for line in lines), lines
+    assert load_manifest(tmp_path / "out").quality == {}
+    assert np.isfinite(load_manifest(tmp_path / "out").components["unet"].parity["psnr_db"])
