@@ -120,6 +120,26 @@ def test_interrupted_export_leaves_nothing_the_runtime_accepts(tiny_sources, tmp
     assert [p.name for p in tmp_path.iterdir()] == []
 
 
+def test_export_whose_fp32_graph_disagrees_with_pytorch_fails(tiny_sources, tmp_path, monkeypatch):
+    """A UNet graph that no longer matches its module (here: torch's references shifted) aborts the export."""
+    import export.exporter as exporter
+
+    real = exporter.torch_outputs
+
+    def shifted_unet_references(spec):
+        references = real(spec)
+        if spec.name == "unet":
+            references = [[output + 0.5 * output.std() for output in outputs] for outputs in references]
+        return references
+
+    monkeypatch.setattr(exporter, "torch_outputs", shifted_unet_references)
+    out = tmp_path / "model"
+    assert_user_error(["export", tiny_sources["sd15"], out, "--format", "onnx"],
+                      "unet: exported graph disagrees with PyTorch")
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
 def test_runtime_never_imports_torch_or_diffusers(tiny_exports, tmp_path):
     code = (
         "import sys\n"

@@ -1,4 +1,4 @@
-"""Every format x precision on the tiny SD1.5 fixture: exports, loads, generates, really is smaller/int8.
+"""Every format x precision on the tiny SD1.5, LCM and SDXL-Turbo fixtures: exports, loads, generates, is smaller/int8.
 
 Image PSNR thresholds (fixed prompt and seed, fp32 export as reference): the tiny fixture's
 weights are random, so its "images" are high-frequency noise, a worst case for quantization (no
@@ -8,6 +8,8 @@ the timestep embedding fp32 (~64 dB); ONNX int8 quantizes conv activations stati
 Each threshold sits about 10 dB below the measurement: loose enough for CPUs without bf16 and
 for calibration noise, tight enough to catch a broken conversion (a wrong scale or a dropped
 graph gives < 15 dB).
+The thresholds come from the SD1.5 fixture; the tiny LCM and SDXL-Turbo images measured 2-16 dB
+closer to fp32 than SD1.5's in every combination (bench/export_matrix.py --tiny), so they share them.
 """
 
 from __future__ import annotations
@@ -30,18 +32,29 @@ COMBOS = {
 }
 
 
+FAMILIES = ("sd15", "lcm", "sdxl-turbo")
+CASES = [(family, combo) for family in FAMILIES for combo in COMBOS]
+
+
+def _case_id(case) -> str:
+    family, combo = case
+    return "-".join((family, *combo))
+
+
 @pytest.fixture(scope="module")
 def reduced_exports(tiny_sources, tmp_path_factory):
+    """Every tiny family x reduced combination, keyed by (family, (format, precision, quant))."""
     from export.exporter import export_model
 
     root = tmp_path_factory.mktemp("reduced")
     exports, logs = {}, {}
-    for fmt, precision, quant in COMBOS:
-        out = root / f"{fmt}-{precision}-{quant}"
+    for family, (fmt, precision, quant) in CASES:
+        out = root / f"{family}-{fmt}-{precision}-{quant}"
         lines = []
-        export_model(str(tiny_sources["sd15"]), out, fmt=fmt, precision=precision, quant=quant,
+        export_model(str(tiny_sources[family]), out, fmt=fmt, precision=precision, quant=quant,
                      calibration_samples=6, log=lines.append)
-        exports[fmt, precision, quant], logs[fmt, precision, quant] = out, lines
+        key = family, (fmt, precision, quant)
+        exports[key], logs[key] = out, lines
     return exports, logs
 
 
@@ -49,15 +62,15 @@ def _size(folder, entry) -> int:
     return sum((folder / f).stat().st_size for f in entry.files)
 
 
-@pytest.mark.parametrize("combo", list(COMBOS), ids="-".join)
-def test_reduced_export_generates_close_to_fp32(reduced_exports, tiny_exports, combo):
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_reduced_export_generates_close_to_fp32(reduced_exports, tiny_exports, case):
     exports, logs = reduced_exports
-    folder, manifest = exports[combo], load_manifest(exports[combo])
-    fmt, precision, quant = combo
-    assert (manifest.format, manifest.precision) == (fmt, precision)
-    assert manifest.quality["image_psnr_db"] >= COMBOS[combo], manifest.quality
-    print(combo, "image PSNR vs fp32:", manifest.quality["image_psnr_db"], "dB")
-    assert any("image vs fp32" in line for line in logs[combo])
+    folder, manifest = exports[case], load_manifest(exports[case])
+    family, (fmt, precision, quant) = case
+    assert (manifest.family, manifest.format, manifest.precision) == (family, fmt, precision)
+    assert manifest.quality["image_psnr_db"] >= COMBOS[fmt, precision, quant], manifest.quality
+    print(case, "image PSNR vs fp32:", manifest.quality["image_psnr_db"], "dB")
+    assert any("image vs fp32" in line for line in logs[case])
     assert all("psnr_db" in entry.parity for entry in manifest.components.values())
     assert not (folder / ".fp32").exists()
     request = Request(prompt="a red circle", negative_prompt="", steps=2, guidance=7.5, seed=3,
@@ -66,37 +79,46 @@ def test_reduced_export_generates_close_to_fp32(reduced_exports, tiny_exports, c
     assert image.shape == (64, 64, 3) and image.std() > 0
 
 
-@pytest.mark.parametrize("combo", list(COMBOS), ids="-".join)
-def test_reduced_unet_is_smaller_than_fp32(reduced_exports, tiny_exports, combo):
-    folder = reduced_exports[0][combo]
-    fp32_folder = tiny_exports["sd15", combo[0]]
-    unet = load_manifest(folder).components["unet"]
-    fp32_unet = load_manifest(fp32_folder).components["unet"]
-    ratio = _size(folder, unet) / _size(fp32_folder, fp32_unet)
-    assert ratio < (0.6 if combo[1] == "fp16" else 0.45), ratio
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_reduced_unet_is_smaller_than_fp32(reduced_exports, tiny_exports, case):
+    family, (fmt, precision, _) = case
+    unet = load_manifest(reduced_exports[0][case]).components["unet"]
+    fp32_unet = load_manifest(tiny_exports[family, fmt]).components["unet"]
+    ratio = _size(reduced_exports[0][case], unet) / _size(tiny_exports[family, fmt], fp32_unet)
+    assert ratio < (0.6 if precision == "fp16" else 0.45), ratio
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("quant", ["weights", "hybrid"])
-def test_openvino_int8_ir_holds_int8_weights(reduced_exports, quant):
+def test_openvino_int8_ir_holds_int8_weights(reduced_exports, family, quant):
     from export.quantize_openvino import weight_element_types
 
-    folder = reduced_exports[0]["openvino", "int8", quant]
-    for name in ("text_encoder", "unet", "vae_decoder"):
+    folder = reduced_exports[0][family, ("openvino", "int8", quant)]
+    for name in load_manifest(folder).components:
         counts = weight_element_types(folder / name / "model.xml")
         int8 = counts.get("i8", 0) + counts.get("u8", 0)
         assert int8 > 4 * counts.get("f32", 0), (name, counts)
 
 
+def test_onnx_fp16_keeps_sdxl_vae_fp32_and_runs_it_so(reduced_exports):
+    folder = reduced_exports[0]["sdxl-turbo", ("onnx", "fp16", "weights")]
+    manifest = load_manifest(folder)
+    assert manifest.vae_precision == "fp32" and manifest.components["vae_decoder"].precision == "fp32"
+    assert manifest.components["unet"].precision == "fp16"
+    vae = onnx.load(str(folder / "vae_decoder" / "model.onnx"))
+    assert {init.data_type for init in vae.graph.initializer} == {onnx.TensorProto.FLOAT}
+
+
 def test_openvino_hybrid_quantizes_unet_activations(reduced_exports):
     import openvino as ov
 
-    folder = reduced_exports[0]["openvino", "int8", "hybrid"]
+    folder = reduced_exports[0]["sd15", ("openvino", "int8", "hybrid")]
     ops = {op.get_type_name() for op in ov.Core().read_model(str(folder / "unet" / "model.xml")).get_ops()}
     assert "FakeQuantize" in ops or "FakeConvert" in ops, sorted(ops)
 
 
 def test_onnx_int8_holds_int8_initializers_and_qdq_convs(reduced_exports):
-    folder = reduced_exports[0]["onnx", "int8", "weights"]
+    folder = reduced_exports[0]["sd15", ("onnx", "int8", "weights")]
     model = onnx.load(str(folder / "unet" / "model.onnx"))
     kinds = [init.data_type for init in model.graph.initializer]
     assert kinds.count(onnx.TensorProto.INT8) + kinds.count(onnx.TensorProto.UINT8) > 10
@@ -105,7 +127,7 @@ def test_onnx_int8_holds_int8_initializers_and_qdq_convs(reduced_exports):
 
 
 def test_onnx_fp16_keeps_float32_inputs(reduced_exports):
-    folder = reduced_exports[0]["onnx", "fp16", "weights"]
+    folder = reduced_exports[0]["sd15", ("onnx", "fp16", "weights")]
     manifest = load_manifest(folder)
     assert manifest.components["unet"].inputs["timestep"]["dtype"] == "float32"
     model = onnx.load(str(folder / "unet" / "model.onnx"))
