@@ -1,7 +1,8 @@
 """Export every format x precision of a model and tabulate time, peak RAM, size and parity.
 
-Run by hand, not in CI. Each export runs in its own process (`sdcpu export ...`); its peak RSS
-is the one the exporter prints on its last line (its own ru_maxrss).
+Run by hand, not in CI. Each export runs in its own process (`sdcpu export ...`), its output in
+OUT/<name>.log; its peak RAM is the child's own peak RSS (ru_maxrss from wait4), so an export the
+kernel kills for memory still gets a row, marked failed, and the matrix goes on.
 
   python bench/export_matrix.py --tiny sd15,lcm,sdxl-turbo --out /tmp/matrix          # seconds each
   python bench/export_matrix.py --random-weights sd15 --out /tmp/matrix-real          # real size, ~1 h
@@ -11,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -36,26 +37,33 @@ def run_export(source_args: list[str], out: Path, fmt: str, precision: str, quan
     command = ["sdcpu", "export", *source_args, str(out), "--format", fmt, "--precision", precision,
                "--quant", quant, "--overwrite", *extra]
     started = time.perf_counter()
-    printed = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
-    seconds = time.perf_counter() - started
-    peak = re.search(r"peak RAM ([0-9.]+) GiB", printed)
+    with open(out.with_name(out.name + ".log"), "w") as log:
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    figures = {"seconds": time.perf_counter() - started, "peak_gib": usage.ru_maxrss / 2**20}
+    if child.returncode:
+        for partial in out.parent.glob(f".{out.name}.partial-*"):
+            shutil.rmtree(partial)
+        killed = child.returncode == -signal.SIGKILL
+        figures["failed"] = "killed (out of memory?)" if killed else f"exit status {child.returncode}"
+        return figures
     manifest = load_manifest(out)
     parity = {name: entry.parity for name, entry in manifest.components.items()}
-    return {
-        "seconds": seconds, "peak_gib": float(peak.group(1)) if peak else None,
-        "bytes": folder_bytes(out), "parity": parity, "quality": manifest.quality,
-    }
+    return {**figures, "bytes": folder_bytes(out), "parity": parity, "quality": manifest.quality}
 
 
 def row(family: str, combo: tuple, figures: dict) -> str:
     fmt, precision, quant = combo
     label = precision + (" hybrid" if quant == "hybrid" else "")
+    head = f"| {family} | {fmt} | {label} | {figures['seconds']:.0f} | {figures['peak_gib']:.1f} |"
+    if "failed" in figures:
+        return f"{head} failed: {figures['failed']} | | | |"
     unet = figures["parity"]["unet"]
     worst = min(p["psnr_db"] for p in figures["parity"].values())
     image = figures["quality"].get("image_psnr_db", "-")
-    peak = f"{figures['peak_gib']:.1f}" if figures["peak_gib"] else "?"
-    return (f"| {family} | {fmt} | {label} | {figures['seconds']:.0f} | {peak} | {figures['bytes'] / 2**20:.1f} | "
-            f"{unet['max_abs_error']:.2e} / {unet['psnr_db']:.1f} | {worst:.1f} | {image} |")
+    return (f"{head} {figures['bytes'] / 2**20:.1f} | {unet['max_abs_error']:.2e} / {unet['psnr_db']:.1f} | "
+            f"{worst:.1f} | {image} |")
 
 
 def main() -> None:
@@ -67,6 +75,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the exported folders")
     args = parser.parse_args()
     combos = [tuple(c.split(":")) for c in args.combos.split(",")] if args.combos else COMBOS
+    args.out.mkdir(parents=True, exist_ok=True)
     jobs = []
     if args.tiny:
         from export.tiny import build_tiny_pipeline

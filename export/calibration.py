@@ -8,6 +8,8 @@ running in our own numpy pipeline, so they match exactly what the quantized grap
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -58,20 +60,24 @@ def collect_inputs(model_dir: Path, prompts: list[str], samples: int, size: tupl
     steps = min(pipe.manifest.default_steps or family.default_steps, MAX_STEPS_PER_PROMPT)
     guidance = family.default_guidance if pipe.manifest.default_guidance is None else pipe.manifest.default_guidance
     recorded = {"unet": [], "vae_decoder": []}
-    for name in recorded:
-        _record_calls(getattr(pipe, name), recorded[name])
     chosen = spread(prompts, math.ceil(samples / steps))
     log(f"  calibration: {samples} UNet calls from {len(chosen)} prompts x {steps} steps at {size[0]}x{size[1]}")
-    for i, prompt in enumerate(tqdm(chosen, desc="  calibrating", unit="prompt", leave=False)):
-        request = Request(prompt=prompt, negative_prompt="", steps=steps, guidance=guidance, seed=i,
-                          width=size[0], height=size[1], sampler=pipe.default_sampler())
-        pipe.generate(request)
+    with _recording(pipe.unet, recorded["unet"]), _recording(pipe.vae_decoder, recorded["vae_decoder"]):
+        for i, prompt in enumerate(tqdm(chosen, desc="  calibrating", unit="prompt", leave=False)):
+            request = Request(prompt=prompt, negative_prompt="", steps=steps, guidance=guidance, seed=i,
+                              width=size[0], height=size[1], sampler=pipe.default_sampler())
+            pipe.generate(request)
     recorded["unet"] = recorded["unet"][:samples]
     return recorded
 
 
-def _record_calls(graph, into: list) -> None:
-    """Wrap `graph.run` so every feed it gets is appended to `into`."""
+@contextmanager
+def _recording(graph, into: list) -> Iterator[None]:
+    """Append a copy of every feed `graph.run` gets to `into` while the block runs.
+
+    The wrapper is removed afterwards: it refers back to the graph, and that cycle would keep the
+    fp32 graphs (the whole model, for SDXL 13 GB) alive until the next garbage collection.
+    """
     original_run = graph.run
 
     def record(**feeds):
@@ -79,3 +85,7 @@ def _record_calls(graph, into: list) -> None:
         return original_run(**feeds)
 
     graph.run = record
+    try:
+        yield
+    finally:
+        del graph.run

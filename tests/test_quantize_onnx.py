@@ -171,3 +171,56 @@ def test_external_data_in_and_out(fp32, recorded, tmp_path, monkeypatch):
         assert locations == {"model.onnx.data"}
         assert_close(source, out, recorded["unet"][-1], INT8_MIN_PSNR["unet"])
     assert {p.name: p.read_bytes() for p in source.parent.iterdir()} == before
+
+
+def test_activation_ranges_match_ort_calibrator(fp32, recorded, tmp_path):
+    """Our one-session calibration gives ORT's own MinMax ranges for every Conv input and output."""
+    from onnxruntime.quantization.calibrate import CalibrationDataReader, CalibrationMethod, create_calibrator
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self, feeds):
+            self.feeds = iter(feeds)
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    source = tmp_path / "model.onnx"
+    source.write_bytes((fp32 / "unet" / "model.onnx").read_bytes())
+    feeds = recorded["unet"][:5]
+    ours = quantize_onnx.activation_ranges(source, feeds)
+    calibrator = create_calibrator(source, ["Conv"], augmented_model_path=str(tmp_path / "augmented.onnx"),
+                                   calibrate_method=CalibrationMethod.MinMax)
+    calibrator.collect_data(Feeds(feeds))
+    theirs = calibrator.compute_data()
+    assert sorted(ours) == sorted(theirs.data) and len(ours) > 10
+    for name, (low, high) in ours.items():
+        their_low, their_high = theirs[name].range_value
+        np.testing.assert_allclose([low, high], [their_low, their_high], rtol=1e-5, atol=1e-6, err_msg=name)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_calibration_releases_the_fp32_pipeline(fp32, monkeypatch):
+    """Once collect_inputs returns, its fp32 graphs are gone without waiting for a garbage collection."""
+    import gc
+    import weakref
+
+    from engine.pipeline import Pipeline
+    from export import calibration
+
+    loaded = []
+    real_load = Pipeline.load.__func__
+
+    def load(cls, *args, **kwargs):
+        pipe = real_load(cls, *args, **kwargs)
+        loaded.extend(weakref.ref(graph) for graph in pipe.graphs().values())
+        return pipe
+
+    monkeypatch.setattr(Pipeline, "load", classmethod(load))
+    gc.collect()
+    gc.disable()
+    try:
+        recorded = calibration.collect_inputs(fp32, ["a red house", "a cat"], 3, (64, 64), log=lambda line: None)
+        assert len(recorded["unet"]) == 3 and loaded
+        assert all(ref() is None for ref in loaded)
+    finally:
+        gc.enable()
