@@ -103,3 +103,28 @@ def test_single_file_checkpoint_exports_like_its_diffusers_folder(tiny_sources, 
     ours = Pipeline.load(out).generate(request).images[0]
     reference = Pipeline.load(tiny_exports[family, "openvino"]).generate(request).images[0]
     assert np.abs(ours.astype(int) - reference).max() <= 1
+
+
+def test_lcm_lora_turns_an_sdxl_model_into_a_few_step_lcm_model(tiny_sources, tiny_exports, tmp_path):
+    """The same fusion on an SDXL pipeline: LCM scheduler, the sdxl-lcm family's defaults, a changed UNet."""
+    from engine.generate_command import build_request
+    from export.exporter import export_model
+
+    source = tiny_sources["sdxl-turbo"]
+    lora = _write_tiny_lora(source, tmp_path)
+    out = tmp_path / "sdxl-lcm-lora"
+    export_model(str(source), out, fmt="openvino", lora=lora, log=lambda s: None)
+    manifest = load_manifest(out)
+    assert manifest.family == "sdxl-lcm" and manifest.lora["lcm"]
+    assert json.loads((out / manifest.scheduler_config).read_text())["_class_name"] == "LCMScheduler"
+    pipe, plain = Pipeline.load(out), Pipeline.load(tiny_exports["sdxl-turbo", "openvino"])
+    request = build_request(pipe, "a cat", "", None, None, 1, None, None, None, 1)
+    assert (request.steps, request.guidance, request.sampler) == (4, 1.0, "lcm")
+    assert pipe.generate(request).images[0].shape == (64, 64, 3)
+    g = np.random.default_rng(3)
+    inputs = {"sample": g.standard_normal((1, 4, 8, 8), dtype=np.float32),
+              "timestep": np.array([400.0], np.float32),
+              "encoder_hidden_states": g.standard_normal((1, 77, 64), dtype=np.float32),
+              "text_embeds": g.standard_normal((1, 32), dtype=np.float32),
+              "time_ids": np.array([[64, 64, 0, 0, 64, 64]], np.float32)}
+    assert np.abs(pipe.unet(**inputs) - plain.unet(**inputs)).max() > 1e-2
