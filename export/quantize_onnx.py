@@ -109,16 +109,16 @@ def activation_ranges(source: Path, calibration: list[dict[str, np.ndarray]],
     constants = {tensor.name for tensor in model.graph.initializer}
     tensors = sorted({name for node in model.graph.node if node.op_type in op_types
                       for name in (*node.input, *node.output) if name and name not in constants})
-    for tensor in tensors:
-        for reduce in ("ReduceMin", "ReduceMax"):
-            model.graph.node.append(onnx.helper.make_node(reduce, [tensor], [f"{tensor}/{reduce}"], keepdims=0))
-            model.graph.output.append(onnx.helper.make_tensor_value_info(f"{tensor}/{reduce}", onnx.TensorProto.FLOAT, []))
+    names = [f"{tensor}/{reduce}" for tensor in tensors for reduce in ("ReduceMin", "ReduceMax")]
+    for name in names:
+        tensor, reduce = name.rsplit("/", 1)
+        model.graph.node.append(onnx.helper.make_node(reduce, [tensor], [name], keepdims=0))
+        model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, []))
     augmented = source.with_name(f".{source.stem}.ranges-{os.getpid()}.onnx")
     onnx.save_model(model, augmented)
     del model
     try:
         session = ort.InferenceSession(str(augmented), providers=["CPUExecutionProvider"])
-        names = [f"{tensor}/{reduce}" for tensor in tensors for reduce in ("ReduceMin", "ReduceMax")]
         lows, highs = np.full(len(tensors), np.inf, np.float32), np.full(len(tensors), -np.inf, np.float32)
         for feeds in calibration:
             values = np.array(session.run(names, feeds), dtype=np.float32).reshape(len(tensors), 2)

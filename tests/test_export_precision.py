@@ -1,4 +1,4 @@
-"""Every format x precision on the tiny SD1.5, LCM and SDXL-Turbo fixtures: exports, loads, generates, is smaller/int8.
+"""Every format x precision on the tiny SD1.5, LCM and SDXL-Turbo fixtures: export, load, generate, shrink.
 
 Image PSNR thresholds (fixed prompt and seed, fp32 export as reference): the tiny fixture's
 weights are random, so its "images" are high-frequency noise, a worst case for quantization (no
@@ -100,7 +100,7 @@ def test_openvino_int8_ir_holds_int8_weights(reduced_exports, family, quant):
         assert int8 > 4 * counts.get("f32", 0), (name, counts)
 
 
-def test_onnx_fp16_keeps_sdxl_vae_fp32_and_runs_it_so(reduced_exports):
+def test_onnx_fp16_keeps_the_sdxl_vae_fp32(reduced_exports):
     folder = reduced_exports[0]["sdxl-turbo", ("onnx", "fp16", "weights")]
     manifest = load_manifest(folder)
     assert manifest.vae_precision == "fp32" and manifest.components["vae_decoder"].precision == "fp32"
