@@ -94,7 +94,7 @@ def main() -> None:
             figures = run_export(source_args, out, *combo, extra)
             print(row(family, combo, figures), flush=True)
             if not args.keep:
-                shutil.rmtree(out)
+                shutil.rmtree(out, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -224,3 +224,34 @@ def test_calibration_releases_the_fp32_pipeline(fp32, monkeypatch):
         assert all(ref() is None for ref in loaded)
     finally:
         gc.enable()
+
+
+def optimized_op_counts(path: Path, tmp_path: Path) -> Counter:
+    """Op types of the graph ORT actually runs, after its fusions (e.g. DynamicQuantizeMatMul)."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / f"{path.stem}-optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+@pytest.mark.parametrize("name", ["text_encoder", "unet"])
+def test_dynamic_matmuls_are_ort_quantize_dynamic_graph(fp32, tmp_path, name):
+    """Our in-place rewrite gives quantize_dynamic's results and, after ORT's fusions, its kernels."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source = fp32 / name / "model.onnx"
+    theirs = tmp_path / "theirs.onnx"
+    quantize_dynamic(source, theirs, op_types_to_quantize=["MatMul"], weight_type=QuantType.QUInt8)
+    ours = quantize_onnx.quantize_int8(source, tmp_path / "ours" / "model.onnx", log=lambda line: None)[0]
+    model = onnx.load(ours)
+    onnx.checker.check_model(model)
+    constants = {tensor.name for tensor in model.graph.initializer}
+    assert not any(node.op_type == "Gemm" or (node.op_type == "MatMul" and node.input[1] in constants)
+                   for node in model.graph.node)
+    gemms = sum(node.op_type == "Gemm" for node in onnx.load(source).graph.node)
+    expected, got = outputs(theirs, fixed_feed(name)), outputs(ours, fixed_feed(name))
+    for key, reference in expected.items():
+        np.testing.assert_allclose(got[key], reference, rtol=0, atol=1e-5 * np.abs(reference).max())
+    counts = optimized_op_counts(ours, tmp_path)
+    assert counts == optimized_op_counts(theirs, tmp_path)
+    assert counts["DynamicQuantizeMatMul"] > 0 and (name != "unet" or gemms > 0)
