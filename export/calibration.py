@@ -62,7 +62,7 @@ def collect_inputs(model_dir: Path, prompts: list[str], samples: int, size: tupl
     recorded = {"unet": [], "vae_decoder": []}
     chosen = spread(prompts, math.ceil(samples / steps))
     log(f"  calibration: {samples} UNet calls from {len(chosen)} prompts x {steps} steps at {size[0]}x{size[1]}")
-    with _recording(pipe.unet, recorded["unet"]), _recording(pipe.vae_decoder, recorded["vae_decoder"]):
+    with record_feeds(pipe.unet, recorded["unet"]), record_feeds(pipe.vae_decoder, recorded["vae_decoder"]):
         for i, prompt in enumerate(tqdm(chosen, desc="  calibrating", unit="prompt", leave=False)):
             request = Request(prompt=prompt, negative_prompt="", steps=steps, guidance=guidance, seed=i,
                               width=size[0], height=size[1], sampler=pipe.default_sampler())
@@ -72,7 +72,7 @@ def collect_inputs(model_dir: Path, prompts: list[str], samples: int, size: tupl
 
 
 @contextmanager
-def _recording(graph, into: list) -> Iterator[None]:
+def record_feeds(graph, into: list) -> Iterator[None]:
     """Append a copy of every feed `graph.run` gets to `into` while the block runs.
 
     The wrapper is removed afterwards: it refers back to the graph, and that cycle would keep the

@@ -46,22 +46,15 @@ def fp32(tmp_path_factory) -> Path:
 def recorded(fp32) -> dict[str, list[dict[str, np.ndarray]]]:
     """UNet and VAE decoder feeds exactly as our runtime makes them, from three short generations."""
     from engine.pipeline import Pipeline, Request
+    from export.calibration import record_feeds
 
     pipe = Pipeline.load(fp32, compile_cache=False)
     feeds = {"unet": [], "vae_decoder": []}
-    for name, graph in (("unet", pipe.unet), ("vae_decoder", pipe.vae_decoder)):
-        graph.run = _recorder(graph.run, feeds[name])
-    for seed, prompt in enumerate(("a red house", "a cat on a sofa", "portrait of an old man")):
-        pipe.generate(Request(prompt=prompt, negative_prompt="", steps=4, guidance=7.5, seed=seed,
-                              width=64, height=64, sampler="euler"))
+    with record_feeds(pipe.unet, feeds["unet"]), record_feeds(pipe.vae_decoder, feeds["vae_decoder"]):
+        for seed, prompt in enumerate(("a red house", "a cat on a sofa", "portrait of an old man")):
+            pipe.generate(Request(prompt=prompt, negative_prompt="", steps=4, guidance=7.5, seed=seed,
+                                  width=64, height=64, sampler="euler"))
     return feeds
-
-
-def _recorder(run, into: list):
-    def record(**feeds):
-        into.append({k: np.array(v, copy=True) for k, v in feeds.items()})
-        return run(**feeds)
-    return record
 
 
 def fixed_feed(name: str) -> dict[str, np.ndarray]:
