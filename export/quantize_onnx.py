@@ -72,9 +72,8 @@ def quantize_int8(onnx_in: Path, onnx_out: Path, calibration: list[dict[str, np.
             large = _model_bytes(onnx_in) > LARGE_BYTES
             source = _quantize_static(source, tmp / "static" / onnx_out.name, calibration, large)
             gc.collect()
-        log("    dynamic int8 MatMul/Gemm weights")
         model = _load_with_shapes(source)
-        quantize_matmul_weights(model)
+        log(f"    dynamic int8 weights in {quantize_matmul_weights(model)} MatMul/Gemm ops")
         return _save(model, onnx_out)
 
 
