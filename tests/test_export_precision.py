@@ -26,9 +26,9 @@ from engine.pipeline import Pipeline, Request
 COMBOS = {
     ("openvino", "fp16", "weights"): 35.0,  # 45.8
     ("openvino", "int8", "weights"): 35.0,  # 47.0
-    ("openvino", "int8", "hybrid"): 33.0,  # 44.5
+    ("openvino", "int8", "hybrid"): 33.0,  # 41.6
     ("onnx", "fp16", "weights"): 50.0,  # 63.5
-    ("onnx", "int8", "weights"): 25.0,  # 34.7
+    ("onnx", "int8", "weights"): 25.0,  # 36.5
 }
 
 
