@@ -1,24 +1,18 @@
 """Seconds per denoising step of an exported model, timed from outside the loop.
 
 Run by hand, not in CI:  python bench/step_latency.py --model DIR [--steps 10] [--runs 3]
-Timings on a shared machine drift; quote medians and compare runs made side by side.
+The timing itself lives in engine/latency.py (shared with `sdcpu bench`, which also sweeps step
+counts and schedulers). Timings on a shared machine drift; quote medians and compare runs made side by side.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 
+from engine.latency import LATENCY_PROMPT, measure_latency
 from engine.pipeline import Pipeline, Request
-
-
-def time_steps(pipe: Pipeline, request: Request) -> tuple[list[float], dict[str, float]]:
-    """Intervals between step callbacks (UNet + sampler work of steps 2..N) and stage timings."""
-    stamps = []
-    result = pipe.generate(request, on_step=lambda i, n: stamps.append(time.perf_counter()))
-    return [b - a for a, b in zip(stamps, stamps[1:])], result.timings
 
 
 def main() -> None:
@@ -35,19 +29,13 @@ def main() -> None:
     print(f"load+compile {time.perf_counter() - started:.2f} s")
     width, height = pipe.manifest.default_size
     guidance = 7.5 if args.guidance is None else args.guidance
-    request = Request(prompt="a photo of a cat", negative_prompt="", steps=args.steps, guidance=guidance,
+    request = Request(prompt=LATENCY_PROMPT, negative_prompt="", steps=args.steps, guidance=guidance,
                       seed=0, width=width, height=height, sampler=args.scheduler or pipe.default_sampler())
-    per_step, totals = [], []
-    for run in range(args.runs + 1):
-        steps, timings = time_steps(pipe, request)
-        if run == 0:
-            print(f"first call: total {timings['total']:.2f} s")
-            continue
-        per_step += steps
-        totals.append(timings["total"])
+    row = measure_latency(pipe, request, args.runs)
+    print(f"first call: total {row.first_call:.2f} s")
     print(f"{width}x{height}, {args.steps} steps, guidance {guidance}, {args.runs} runs")
-    print(f"s/step median {statistics.median(per_step):.4f}, min {min(per_step):.4f}, max {max(per_step):.4f}")
-    print(f"total median {statistics.median(totals):.3f} s")
+    print(f"s/step median {row.step_median:.4f}, min {row.step_min:.4f}, max {row.step_max:.4f}")
+    print(f"total median {row.total_median:.3f} s")
 
 
 if __name__ == "__main__":

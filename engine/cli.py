@@ -1,4 +1,4 @@
-"""The `sdcpu` command line: export, generate, demo."""
+"""The `sdcpu` command line: export, generate, demo, bench."""
 
 from __future__ import annotations
 
@@ -140,6 +140,29 @@ def demo(
         "Export a real model with `sdcpu export stable-diffusion-v1-5/stable-diffusion-v1-5 OUT_DIR` (network) "
         "or from a local diffusers folder."
     )
+
+
+@app.command()
+@user_errors
+def bench(
+    model: Path = typer.Option(..., "--model", help="Exported model folder (from `sdcpu export`)."),
+    steps: str = typer.Option("2,5,10,20,50", "--steps", help="Comma-separated step counts."),
+    schedulers: Optional[str] = typer.Option(None, "--schedulers", help="Comma-separated schedulers, or 'all' (every one the model's scheduler config can run). Default: the model's own."),
+    quality: bool = typer.Option(False, "--quality", help="Shapes model: generate prompts x seeds and score how often the image matches the caption, instead of timing."),
+    prompts: Optional[int] = typer.Option(None, "--prompts", help="--quality: number of prompts (default 100 of the shapes grammar's evaluation prompts)."),
+    prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="--quality: captions of the shapes grammar, one per line, instead of the evaluation prompts."),
+    seeds: str = typer.Option("0,1", "--seeds", help="--quality: comma-separated seeds; every prompt is generated with each."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale. Default: the family's."),
+    runs: int = typer.Option(3, "--runs", help="Timing: timed calls per step count, after one warm-up call."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the rows to this JSON file."),
+    compile_cache: bool = typer.Option(True, "--compile-cache/--no-compile-cache", help="Use OpenVINO's compile cache."),
+):
+    """Time seconds per step over step counts and schedulers, or with --quality score the shapes model."""
+    from engine.bench_command import run_bench
+
+    run_bench(model=model, steps=steps, schedulers=schedulers, prompts=prompts, prompt_file=prompt_file,
+              seeds=seeds, guidance=guidance, runs=runs, json_path=json_path, quality=quality,
+              compile_cache=compile_cache)
 
 
 @app.command()
