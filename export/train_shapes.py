@@ -32,9 +32,9 @@ LOG_EVERY = 50
 
 
 def _torch():
+    """torch, imported on use so that `--help` and the data code stay light."""
     import torch
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     return torch
 
 
