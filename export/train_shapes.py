@@ -63,6 +63,32 @@ def _lr(step: int, total: int, peak: float, warmup: int = 200) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def _resume_autoencoder(path: Path, vae, opt) -> int:
+    """Load the VAE and optimizer state of a stage checkpoint if there is one; the step to go on from."""
+    torch = _torch()
+    if not path.exists():
+        return 0
+    state = torch.load(path, weights_only=False)
+    vae.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    return state["step"]
+
+
+def _reconstruction_loss(recon, target):
+    """L1 + MSE of a decoded batch against its images; also the MSE alone, for the log."""
+    error = recon.float() - target
+    mse = error.pow(2).mean()
+    return error.abs().mean() + mse, mse
+
+
+def _log_and_checkpoint(work: Path, stage: str, step: int, steps: int, mse, started: float, path: Path, vae, opt) -> None:
+    """After `step` (0-based): log every LOG_EVERY steps, checkpoint every CHECKPOINT_EVERY and at the end."""
+    if (step + 1) % LOG_EVERY == 0:
+        _log(work, {"stage": stage, "step": step + 1, "mse": mse.item(), "s": time.perf_counter() - started})
+    if (step + 1) % CHECKPOINT_EVERY == 0 or step + 1 == steps:
+        _save_atomic({"step": step + 1, "model": vae.state_dict(), "opt": opt.state_dict()}, path)
+
+
 def _to_tensor(images: np.ndarray):
     """uint8 NHWC -> float NCHW in [-1, 1]."""
     torch = _torch()
@@ -76,12 +102,8 @@ def train_vae(work: Path, steps: int, batch: int, seed: int, images: np.ndarray)
     torch.manual_seed(seed)
     vae = shapes_model.build_vae()
     opt = torch.optim.AdamW(vae.parameters(), lr=VAE_LR, weight_decay=0.0)
-    state = torch.load(path, weights_only=False) if path.exists() else {"step": 0}
-    if "model" in state:
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
     started = time.perf_counter()
-    for step in range(state["step"], steps):
+    for step in range(_resume_autoencoder(path, vae, opt), steps):
         rng = np.random.default_rng([seed, step])
         torch.manual_seed(seed * 1_000_003 + step)
         for group in opt.param_groups:
@@ -92,16 +114,11 @@ def train_vae(work: Path, steps: int, batch: int, seed: int, images: np.ndarray)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             posterior = vae.encode(crops).latent_dist
             recon = vae.decode(posterior.sample()).sample
-        error = recon.float() - crops
-        mse = error.pow(2).mean()
-        loss = error.abs().mean() + mse + 1e-6 * posterior.kl().mean()
+        loss, mse = _reconstruction_loss(recon, crops)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + 1e-6 * posterior.kl().mean()).backward()
         opt.step()
-        if (step + 1) % LOG_EVERY == 0:
-            _log(work, {"stage": "vae", "step": step + 1, "mse": mse.item(), "s": time.perf_counter() - started})
-        if (step + 1) % CHECKPOINT_EVERY == 0 or step + 1 == steps:
-            _save_atomic({"step": step + 1, "model": vae.state_dict(), "opt": opt.state_dict()}, path)
+        _log_and_checkpoint(work, "vae", step, steps, mse, started, path, vae, opt)
     vae.eval()
     return vae
 
@@ -132,13 +149,9 @@ def train_decoder(work: Path, vae, data: dict, images: np.ndarray, steps: int, b
     path = work / "decoder.pt"
     trained = list(vae.post_quant_conv.parameters()) + list(vae.decoder.parameters())
     opt = torch.optim.AdamW(trained, lr=DECODER_LR, weight_decay=0.0)
-    state = torch.load(path, weights_only=False) if path.exists() else {"step": 0}
-    if "model" in state:
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
     mean, std = torch.from_numpy(data["mean"]), torch.from_numpy(data["std"])
     started = time.perf_counter()
-    for step in range(state["step"], steps):
+    for step in range(_resume_autoencoder(path, vae, opt), steps):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
         for group in opt.param_groups:
             group["lr"] = _lr(step, steps, DECODER_LR, warmup=20)
@@ -146,15 +159,11 @@ def train_decoder(work: Path, vae, data: dict, images: np.ndarray, steps: int, b
         latents = mean[index] + std[index] * torch.randn(mean[index].shape, generator=generator)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             recon = vae.decode(latents).sample
-        error = recon.float() - _to_tensor(images[index.numpy()])
-        mse = error.pow(2).mean()
+        loss, mse = _reconstruction_loss(recon, _to_tensor(images[index.numpy()]))
         opt.zero_grad(set_to_none=True)
-        (error.abs().mean() + mse).backward()
+        loss.backward()
         opt.step()
-        if (step + 1) % LOG_EVERY == 0:
-            _log(work, {"stage": "decoder", "step": step + 1, "mse": mse.item(), "s": time.perf_counter() - started})
-        if (step + 1) % CHECKPOINT_EVERY == 0 or step + 1 == steps:
-            _save_atomic({"step": step + 1, "model": vae.state_dict(), "opt": opt.state_dict()}, path)
+        _log_and_checkpoint(work, "decoder", step, steps, mse, started, path, vae, opt)
     vae.eval()
     return vae
 
