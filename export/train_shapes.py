@@ -1,11 +1,12 @@
-"""Train the shapes model on two CPU cores: VAE, then text encoder + UNet on the epsilon objective.
+"""Train the shapes model on two CPU cores: VAE, then a UNet (epsilon objective) under a frozen text encoder.
 
 python -m export.train_shapes --work runs/shapes --out models/shapes/diffusers
-Stages: VAE on crops, latents of the dataset, text encoder + UNet, decoder fine-tuning on whole
+Stages: VAE on crops, latents of the dataset, UNet (text encoder frozen), decoder fine-tuning on whole
 images (encoder frozen, so it can run beside the UNet stage: --decoder-only). Each stage is
 resumable (re-run the same command), seeded per step, and logs its loss to WORK/loss.jsonl. The recipe is
 Rombach et al. 2022 (latent diffusion, DDPM epsilon loss) with caption dropout for classifier-free
-guidance (Ho & Salimans 2022), min-SNR-5 loss weights (Hang et al. 2023) and an EMA of the weights.
+guidance (Ho & Salimans 2022), loss weights that count the noisiest steps (_loss_weights), gradient clipping and an EMA
+of the weights.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ VAE_LR = 2e-3
 DECODER_LR = 5e-4
 CAPTION_DROPOUT = 0.1
 MIN_SNR_GAMMA = 5.0
+GRAD_CLIP = 1.0
+EPS_WEIGHT_MAX = 200.0
 CHECKPOINT_EVERY = 200
 LOG_EVERY = 50
 
@@ -183,28 +186,41 @@ def _ema_update(ema: list, params: list, step: int) -> None:
         torch._foreach_add_(ema, params, alpha=1 - decay)
 
 
+def _loss_weights(snr):
+    """Epsilon-MSE weights that weigh the x0 error by clamp(SNR, 1, 5): min-SNR-5 (Hang et al. 2023)
+    above SNR 1 and, below it, x0 weight 1 as v-prediction's loss gives (Salimans & Ho 2022), capped
+    at EPS_WEIGHT_MAX. Plain epsilon MSE weighs x0 by SNR, so the noisy steps where a prompt's
+    colours are decided barely count; on 8x8 latents a noisy image's mean colour shows through
+    the noise (64 pixels per channel), and the model learnt to read it there and ignore the prompt."""
+    torch = _torch()
+    return torch.clamp(torch.clamp(snr, min=1.0, max=MIN_SNR_GAMMA) / snr, max=EPS_WEIGHT_MAX)
+
+
 def _diffusion_loss(unet, text_encoder, scheduler, latents, ids, generator):
-    """Min-SNR-weighted epsilon MSE at uniformly drawn timesteps."""
+    """Weighted epsilon MSE (see _loss_weights) at uniformly drawn timesteps."""
     torch = _torch()
     noise = torch.randn(latents.shape, generator=generator)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
     noisy = scheduler.add_noise(latents, noise, t)
-    context = text_encoder(ids)[0]
+    with torch.no_grad():
+        context = text_encoder(ids)[0]
     eps = unet(noisy, t, context).sample
     alphas = scheduler.alphas_cumprod[t]
-    snr = alphas / (1 - alphas)
-    weight = torch.clamp(snr, max=MIN_SNR_GAMMA) / snr
+    weight = _loss_weights(alphas / (1 - alphas))
     return (weight * (eps - noise).pow(2).mean(dim=(1, 2, 3))).mean()
 
 
 def train_denoiser(work: Path, data: dict, tokenizer, steps: int, batch: int, lr: float, seed: int,
                    time_limit: float, stop_after: int | None = None):
-    """Train text encoder + UNet jointly; returns them with EMA weights, or None if stopped early."""
+    """Train the UNet under a frozen text encoder (its seeded random init, frozen as SD freezes CLIP:
+    trained jointly from scratch, its output collapsed to the same vector for every prompt before the
+    UNet learnt to read it); returns both, the UNet with EMA weights, or None if stopped early."""
     torch = _torch()
     path = work / "unet.pt"
     torch.manual_seed(seed + 1)
     unet, text_encoder = shapes_model.build_unet(), shapes_model.build_text_encoder(tokenizer)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    text_encoder.requires_grad_(False).eval()
+    params = list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     ema = [p.detach().clone() for p in params]
     state = torch.load(path, weights_only=False) if path.exists() else {"step": 0}
@@ -229,6 +245,7 @@ def train_denoiser(work: Path, data: dict, tokenizer, steps: int, batch: int, lr
         loss = _diffusion_loss(unet, text_encoder, scheduler, sample * data["scaling_factor"], ids, generator)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
         opt.step()
         _ema_update(ema, [p.detach() for p in params], step)
         losses.append(loss.item())
@@ -258,9 +275,9 @@ def main() -> None:
     parser.add_argument("--vae-steps", type=int, default=1500)
     parser.add_argument("--decoder-steps", type=int, default=2000, help="decoder fine-tuning on whole images, encoder frozen")
     parser.add_argument("--decoder-only", action="store_true", help="run only the VAE stages (e.g. beside a UNet run on the other core)")
-    parser.add_argument("--unet-steps", type=int, default=2800)
+    parser.add_argument("--unet-steps", type=int, default=6000)
     parser.add_argument("--batch", type=int, default=96)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--time-limit", type=float, default=float("inf"), help="seconds of UNet training before stopping to resume later")
     parser.add_argument("--stop-after", type=int, default=None, help="stop the UNet stage after this step (resume later, e.g. with more --unet-steps)")

@@ -1,4 +1,4 @@
-"""The shapes model's training script: seeded, resumable to the same weights, saves an sd15 pipeline."""
+"""The shapes model's training script: seeded, resumable to the same weights, text encoder frozen, saves an sd15 pipeline."""
 
 from __future__ import annotations
 
@@ -44,12 +44,15 @@ def test_denoiser_training_resumes_and_logs_the_loss(images, tmp_path, monkeypat
     assert data["mean"].shape == (16, shapes_model.LATENT_CHANNELS, 8, 8) and np.isfinite(data["scaling_factor"])
     tokenizer = shapes_model.build_tokenizer(tmp_path / "tokenizer")
     args = dict(data=data, tokenizer=tokenizer, batch=4, lr=1e-3, seed=5, time_limit=float("inf"))
-    unet, _ = train_shapes.train_denoiser(tmp_path / "straight", steps=4, **args)
+    unet, text_encoder = train_shapes.train_denoiser(tmp_path / "straight", steps=4, **args)
     (tmp_path / "resumed").mkdir()
     stopped = train_shapes.train_denoiser(tmp_path / "resumed", steps=4, **{**args, "time_limit": 0.0})
     assert stopped is None
     resumed_unet, _ = train_shapes.train_denoiser(tmp_path / "resumed", steps=4, **args)
     assert _same_weights(unet, resumed_unet)
+    (tmp_path / "short").mkdir()
+    short_unet, short_text_encoder = train_shapes.train_denoiser(tmp_path / "short", steps=2, **args)
+    assert _same_weights(text_encoder, short_text_encoder) and not _same_weights(unet, short_unet)
     records = [json.loads(line) for line in (tmp_path / "straight" / "loss.jsonl").read_text().splitlines()]
     unet_records = [r for r in records if r["stage"] == "unet"]
     assert [r["step"] for r in unet_records] == [2, 4]
@@ -67,3 +70,10 @@ def test_saved_pipeline_is_an_sd15_diffusers_folder(tmp_path):
     assert pipe.vae_scale_factor == 8 and pipe.unet.config.sample_size * 8 == 64
     assert pipe.unet.dtype == torch.float32
     assert type(pipe.scheduler).__name__ == "PNDMScheduler"
+
+
+def test_loss_weights_count_the_noisy_steps_in_x0_terms():
+    snr = torch.tensor([1e-6, 0.01, 0.5, 1.0, 3.0, 5.0, 50.0])
+    x0_weights = train_shapes._loss_weights(snr) * snr
+    assert torch.allclose(x0_weights[0], torch.tensor(train_shapes.EPS_WEIGHT_MAX * 1e-6))
+    assert torch.allclose(x0_weights[1:], torch.tensor([1.0, 1.0, 1.0, 3.0, 5.0, 5.0]))
