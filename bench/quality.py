@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.atomic import atomic_write
 from engine.bench_command import parse_ints, parse_schedulers, runnable_samplers
 from engine.errors import UserError
 from engine.pipeline import Pipeline
@@ -141,7 +142,8 @@ def main() -> None:
     by_steps, command = evaluate_folder(folders[sweep_name], prompts, seeds, steps_list, schedulers, args.guidance)
     commands.append(command)
     reference = reference_row(prompts, seeds)
-    args.report.write_text(report(prompts, seeds, reference, by_precision, sweep_name, by_steps, commands))
+    text = report(prompts, seeds, reference, by_precision, sweep_name, by_steps, commands)
+    atomic_write(args.report, lambda file: file.write(text.encode()))
     print(f"wrote {args.report}")
 
 

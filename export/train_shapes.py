@@ -1,10 +1,10 @@
-"""Train the shapes model on two CPU cores: VAE, then a UNet (epsilon objective) under a frozen text encoder.
+"""Train the shapes model on two CPU cores: VAE, then a v-prediction UNet under a frozen text encoder.
 
 python -m export.train_shapes --work runs/shapes --out models/shapes/diffusers
 Stages: VAE on crops, latents of the dataset, UNet (text encoder frozen), decoder fine-tuning on whole
 images (encoder frozen, so it can run beside the UNet stage: --decoder-only). Each stage is
 resumable (re-run the same command), seeded per step, and logs its loss to WORK/loss.jsonl. The recipe is
-Rombach et al. 2022 (latent diffusion, DDPM epsilon loss) with caption dropout for classifier-free
+Rombach et al. 2022 (latent diffusion) with the v-prediction loss (Salimans & Ho 2022), caption dropout for classifier-free
 guidance (Ho & Salimans 2022), loss weights that count the noisiest steps (_loss_weights), gradient clipping and an EMA
 of the weights.
 """
@@ -29,7 +29,6 @@ DECODER_LR = 5e-4
 CAPTION_DROPOUT = 0.1
 MIN_SNR_GAMMA = 5.0
 GRAD_CLIP = 1.0
-EPS_WEIGHT_MAX = 200.0
 CHECKPOINT_EVERY = 200
 LOG_EVERY = 50
 
@@ -187,27 +186,25 @@ def _ema_update(ema: list, params: list, step: int) -> None:
 
 
 def _loss_weights(snr):
-    """Epsilon-MSE weights that weigh the x0 error by clamp(SNR, 1, 5): min-SNR-5 (Hang et al. 2023)
-    above SNR 1 and, below it, x0 weight 1 as v-prediction's loss gives (Salimans & Ho 2022), capped
-    at EPS_WEIGHT_MAX. Plain epsilon MSE weighs x0 by SNR, so the noisy steps where a prompt's
-    colours are decided barely count; on 8x8 latents a noisy image's mean colour shows through
-    the noise (64 pixels per channel), and the model learnt to read it there and ignore the prompt."""
+    """v-MSE weights that weigh the x0 error by clamp(SNR, 1, 5): min-SNR-5 (Hang et al. 2023) above
+    SNR 1, and below it x0 weight 1 (v-MSE's own), so the noisy steps where a prompt's colours are
+    decided count as much as the rest."""
     torch = _torch()
-    return torch.clamp(torch.clamp(snr, min=1.0, max=MIN_SNR_GAMMA) / snr, max=EPS_WEIGHT_MAX)
+    return torch.clamp(snr, min=1.0, max=MIN_SNR_GAMMA) / (snr + 1)
 
 
 def _diffusion_loss(unet, text_encoder, scheduler, latents, ids, generator):
-    """Weighted epsilon MSE (see _loss_weights) at uniformly drawn timesteps."""
+    """Weighted v-prediction MSE (see _loss_weights) at uniformly drawn timesteps."""
     torch = _torch()
     noise = torch.randn(latents.shape, generator=generator)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
     noisy = scheduler.add_noise(latents, noise, t)
     with torch.no_grad():
         context = text_encoder(ids)[0]
-    eps = unet(noisy, t, context).sample
+    v = unet(noisy, t, context).sample
     alphas = scheduler.alphas_cumprod[t]
     weight = _loss_weights(alphas / (1 - alphas))
-    return (weight * (eps - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+    return (weight * (v - scheduler.get_velocity(latents, noise, t)).pow(2).mean(dim=(1, 2, 3))).mean()
 
 
 def train_denoiser(work: Path, data: dict, tokenizer, steps: int, batch: int, lr: float, seed: int,

@@ -70,10 +70,10 @@ def test_saved_pipeline_is_an_sd15_diffusers_folder(tmp_path):
     assert pipe.vae_scale_factor == 8 and pipe.unet.config.sample_size * 8 == 64
     assert pipe.unet.dtype == torch.float32
     assert type(pipe.scheduler).__name__ == "PNDMScheduler"
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
 
 
 def test_loss_weights_count_the_noisy_steps_in_x0_terms():
     snr = torch.tensor([1e-6, 0.01, 0.5, 1.0, 3.0, 5.0, 50.0])
-    x0_weights = train_shapes._loss_weights(snr) * snr
-    assert torch.allclose(x0_weights[0], torch.tensor(train_shapes.EPS_WEIGHT_MAX * 1e-6))
-    assert torch.allclose(x0_weights[1:], torch.tensor([1.0, 1.0, 1.0, 3.0, 5.0, 5.0]))
+    x0_weights = train_shapes._loss_weights(snr) * (snr + 1)
+    assert torch.allclose(x0_weights, torch.tensor([1.0, 1.0, 1.0, 1.0, 3.0, 5.0, 5.0]))
