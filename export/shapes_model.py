@@ -1,9 +1,10 @@
 """The shapes model's architecture: SD1.5's component classes and wiring, scaled down for 64x64 images.
 
 Same VAE downsampling (8x), CLIP text encoder, cross-attention UNet and PNDM scaled-linear
-scheduler as SD1.5 (latents have 8 channels instead of 4: a small VAE trained for minutes draws
-sharp edges from 8x8x8 latents, not from 8x8x4; it predicts v, as SD2.x does, see SHAPES_SCHEDULER), so export, quantization, samplers, seeds and steps treat
-it as an sd15 model; it is small enough to train on two CPU cores (models/shapes/MODEL_CARD.md).
+scheduler as SD1.5. Two differences: latents have 8 channels instead of 4 (a small VAE trained for
+minutes draws sharp edges from 8x8x8 latents, not from 8x8x4), and the UNet predicts v as SD2.x
+does (see SHAPES_SCHEDULER). Export, quantization, samplers, seeds and steps treat it as an sd15
+model; it is small enough to train on two CPU cores (models/shapes/MODEL_CARD.md).
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
 python -m export.train_shapes --work runs/shapes --out models/shapes/diffusers
 Stages: VAE on crops, latents of the dataset, UNet (text encoder frozen), decoder fine-tuning on whole
 images (encoder frozen, so it can run beside the UNet stage: --decoder-only). Each stage is
-resumable (re-run the same command), seeded per step, and logs its loss to WORK/loss.jsonl. The recipe is
-Rombach et al. 2022 (latent diffusion) with the v-prediction loss (Salimans & Ho 2022), caption dropout for classifier-free
-guidance (Ho & Salimans 2022), loss weights that count the noisiest steps (_loss_weights), gradient clipping and an EMA
-of the weights.
+resumable (re-run the same command), seeded per step, and logs its loss to WORK/loss.jsonl.
+The recipe is Rombach et al. 2022 (latent diffusion) with the v-prediction loss (Salimans & Ho
+2022), caption dropout for classifier-free guidance (Ho & Salimans 2022), loss weights that count
+the noisiest steps (_loss_weights), gradient clipping and an EMA of the weights.
 """
 
 from __future__ import annotations
