@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from engine.manifest import load_manifest
+from engine.markdown import table_header
 
 COMBOS = [
     ("openvino", "fp32", "weights"), ("openvino", "fp16", "weights"), ("openvino", "int8", "weights"),
@@ -85,9 +86,8 @@ def main() -> None:
             jobs.append((f"{family} (tiny)", [str(source)], ["--calibration-samples", "8"]))
     for family in filter(None, args.random_weights.split(",")):
         jobs.append((f"{family} (real size, random)", ["--random-weights", family], []))
-    print("| model | format | precision | export s | peak RAM GiB | folder MiB | UNet max err / PSNR dB "
-          "| worst component PSNR dB | image PSNR vs fp32 dB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(table_header(["model", "format", "precision", "export s", "peak RAM GiB", "folder MiB",
+                        "UNet max err / PSNR dB", "worst component PSNR dB", "image PSNR vs fp32 dB"]))
     for family, source_args, extra in jobs:
         for combo in combos:
             out = args.out / f"{family.split()[0]}-{'-'.join(combo)}"

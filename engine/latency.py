@@ -10,6 +10,7 @@ import statistics
 import time
 from dataclasses import dataclass
 
+from engine.markdown import markdown_table
 from engine.pipeline import Pipeline, Request
 
 LATENCY_PROMPT = "a photo of a cat"
@@ -58,13 +59,10 @@ def measure_latency(pipe: Pipeline, request: Request, runs: int) -> LatencyRow:
 
 def latency_table(rows: list[LatencyRow]) -> str:
     """A markdown table of the rows: s/step median, min, max and the median seconds per image."""
-    lines = [
-        "| scheduler | steps | runs | s/step median | s/step min | s/step max | total median s | first call s |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r.sampler} | {r.steps} | {r.runs} | {r.step_median:.4f} | {r.step_min:.4f} | {r.step_max:.4f} "
-        f"| {r.total_median:.3f} | {r.first_call:.3f} |"
+    columns = ["scheduler", "steps", "runs", "s/step median", "s/step min", "s/step max", "total median s",
+               "first call s"]
+    return markdown_table(columns, (
+        [r.sampler, r.steps, r.runs, f"{r.step_median:.4f}", f"{r.step_min:.4f}", f"{r.step_max:.4f}",
+         f"{r.total_median:.3f}", f"{r.first_call:.3f}"]
         for r in rows
-    ]
-    return "\n".join(lines)
+    ))

@@ -19,6 +19,7 @@ import numpy as np
 
 from engine.errors import UserError
 from engine.generate_command import build_request
+from engine.markdown import markdown_table
 from engine.pipeline import Pipeline, Request
 from models.shapes.analyse import score
 from models.shapes.grammar import Scene, parse_caption
@@ -149,17 +150,13 @@ def percent(value: float) -> str:
 
 def quality_table(rows: list[QualityRow]) -> str:
     """A markdown table: match and per-attribute accuracy, images and seconds per image."""
-    lines = [
-        "| model | scheduler | steps | guidance | images | match | background | colour | shape | count | s/image |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r.model} | {r.sampler} | {r.steps} | {r.guidance:g} | {r.images} | {percent(r.match)} "
-        f"| {percent(r.background)} | {percent(r.color)} | {percent(r.shape)} | {percent(r.count)} "
-        f"| {r.seconds / r.images:.3f} |"
+    columns = ["model", "scheduler", "steps", "guidance", "images", "match", "background", "colour", "shape",
+               "count", "s/image"]
+    return markdown_table(columns, (
+        [r.model, r.sampler, r.steps, f"{r.guidance:g}", r.images, percent(r.match), percent(r.background),
+         percent(r.color), percent(r.shape), percent(r.count), f"{r.seconds / r.images:.3f}"]
         for r in rows
-    ]
-    return "\n".join(lines)
+    ))
 
 
 def quality_json(model_dir: Path, prompts: list[str], seeds: list[int], rows: list[QualityRow]) -> dict:

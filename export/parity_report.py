@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.markdown import markdown_table
 from engine.pipeline import Pipeline, Request
 from engine.samplers import SAMPLERS
 from export.exporter import export_model
@@ -88,14 +89,15 @@ def main() -> None:
             export_model(str(source), path, fmt=fmt, overwrite=True, log=lambda line: None)
         image_rows += family_rows(family, source, exports, args.steps)
         graph_rows += component_rows(family, exports)
-    print("| family | sampler | backend | cases | max abs diff (0-255) | mean abs diff (0-255) |")
-    print("|---|---|---|---|---|---|")
-    for family, sampler, fmt, n, mx, mean in image_rows:
-        print(f"| {family} | {sampler} | {fmt} | {n} | {mx:.0f} | {mean:.4f} |")
-    print("\n| family | backend | component | max abs error | PSNR dB |")
-    print("|---|---|---|---|---|")
-    for family, fmt, name, err, psnr in graph_rows:
-        print(f"| {family} | {fmt} | {name} | {err:.2e} | {psnr:.1f} |")
+    print(markdown_table(
+        ["family", "sampler", "backend", "cases", "max abs diff (0-255)", "mean abs diff (0-255)"],
+        ([family, sampler, fmt, n, f"{mx:.0f}", f"{mean:.4f}"] for family, sampler, fmt, n, mx, mean in image_rows),
+    ))
+    print()
+    print(markdown_table(
+        ["family", "backend", "component", "max abs error", "PSNR dB"],
+        ([family, fmt, name, f"{err:.2e}", f"{psnr:.1f}"] for family, fmt, name, err, psnr in graph_rows),
+    ))
 
 
 if __name__ == "__main__":
