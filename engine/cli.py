@@ -1,4 +1,4 @@
-"""The `sdcpu` command line: export, generate, demo, bench."""
+"""The `sdcpu` command line: export, generate, grid, models, info, demo, bench."""
 
 from __future__ import annotations
 
@@ -92,26 +92,93 @@ def export(
 @app.command()
 @user_errors
 def generate(
-    prompt: str = typer.Argument(..., help="What to draw."),
-    model: Path = typer.Option(..., "--model", help="Exported model folder (from `sdcpu export`)."),
-    negative_prompt: str = typer.Option("", "--negative-prompt", help="What to steer away from (CFG only)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps. Default: the family's (25 for SD1.5, 4 for LCM, 1 for SDXL-Turbo)."),
+    prompt: Optional[str] = typer.Argument(None, help="What to draw. Leave out (in a terminal) to be asked for model, prompt, steps and seed."),
+    model: Optional[str] = typer.Option(None, "--model", help="Exported model: a folder (from `sdcpu export`) or the name of one that `sdcpu models` lists."),
+    negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="What to steer away from (CFG only)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps. Default: the family's (25 for SD1.5, 4 for LCM, 1 for SDXL-Turbo); a count outside the family's useful range gets a note."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale; <= 1 turns CFG off. Default: the family's (7.5 for SD1.5, 8 for LCM, 0 for SDXL-Turbo)."),
-    seed: int = typer.Option(-1, "--seed", help="Seed of the initial noise; -1 picks one and prints it."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the initial noise. Default -1: pick one and print it (every PNG records its seed)."),
     width: Optional[int] = typer.Option(None, "--width", help="Image width, a multiple of 8. Default: the model's native size."),
     height: Optional[int] = typer.Option(None, "--height", help="Image height, a multiple of 8. Default: the model's native size."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="euler, euler-a, ddim, dpm++2m, dpm++2m-karras, lcm, pndm. Default: the one the model's scheduler config names."),
     batch: int = typer.Option(1, "--batch", help="Number of images; image i uses seed+i."),
     output: Path = typer.Option(Path("sdcpu.png"), "--output", "-o", help="PNG path; with --batch N, -SEED is added to each name."),
+    from_image: Optional[Path] = typer.Option(None, "--from", help="Re-run with the parameters recorded in this PNG (ours or Automatic1111's); options you give override them, e.g. --from preview.png --steps 30."),
+    interactive: bool = typer.Option(False, "--interactive", "-i", help="Ask for model, prompt, steps and seed, showing the defaults (Enter takes them)."),
+    preview_every: Optional[int] = typer.Option(None, "--preview-every", help="Every K steps, write the current denoised estimate as OUTPUT-stepNNN.png."),
+    preview: str = typer.Option("linear", "--preview", help="Preview kind: linear (a fixed latent-to-RGB map per family, no VAE call, nearly free) or vae (the real decoder, one VAE call per preview)."),
     compile_cache: bool = typer.Option(True, "--compile-cache/--no-compile-cache", help="Keep OpenVINO's compiled graphs in $SDCPU_CACHE_DIR (default ~/.cache/sdcpu/openvino) so the next start is fast."),
 ):
-    """Generate images from PROMPT with an exported model."""
+    """Generate images from PROMPT with an exported model.
+
+    Options left out take the model family's defaults (see `sdcpu models`). Try an idea at few
+    steps, then re-run the seed you like with more: `sdcpu generate --from sdcpu.png --steps 30`.
+    """
     from engine.generate_command import run_generate
 
     run_generate(
         prompt=prompt, model=model, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
         seed=seed, width=width, height=height, scheduler=scheduler, batch=batch, output=output,
-        compile_cache=compile_cache,
+        compile_cache=compile_cache, from_image=from_image, interactive=interactive,
+        preview_every=preview_every, preview=preview,
+    )
+
+
+@app.command()
+@user_errors
+def models(
+    directory: Optional[list[Path]] = typer.Argument(None, help="Folders to search instead of the current folder and $SDCPU_MODELS (default ~/sdcpu-models)."),
+):
+    """List the model families with their defaults, and the exported models found locally."""
+    from engine.local_models import families_table, find_models, models_table, search_dirs
+
+    typer.echo("Families (what generate uses for options left out):\n")
+    typer.echo(families_table())
+    dirs = directory or search_dirs()
+    found = find_models(dirs)
+    where = ", ".join(str(d) for d in dirs)
+    if not found:
+        typer.echo(f"\nNo exported models in {where}. Export one with `sdcpu export SOURCE OUT_DIR`.")
+        return
+    typer.echo(f"\nExported models in {where} (use the name or the path with --model):\n")
+    typer.echo(models_table(found))
+
+
+@app.command()
+@user_errors
+def info(image: Path = typer.Argument(..., help="A PNG written by sdcpu or Automatic1111.")):
+    """Print the generation parameters recorded in a PNG."""
+    from engine.reproduce import describe_png
+
+    typer.echo(describe_png(image))
+    typer.echo(f"\nre-run: sdcpu generate --from {image}  (add --steps N, --seed S, ... to change one thing)")
+
+
+@app.command()
+@user_errors
+def grid(
+    prompt: str = typer.Argument(..., help="What to draw (the same prompt in every cell)."),
+    model: str = typer.Option(..., "--model", help="Exported model: a folder (from `sdcpu export`) or the name of one that `sdcpu models` lists."),
+    steps: Optional[str] = typer.Option(None, "--steps", help="Comma-separated step counts, one column each. Default: the family's low, default and high counts (15,25,50 for SD1.5; 2,4,8 for LCM; 1,2,4 for SDXL-Turbo; 20,30,50 for SDXL)."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds, one row each. Default: one random seed, printed."),
+    guidance: Optional[str] = typer.Option(None, "--guidance", help="Comma-separated guidance scales; several give one row per (seed, guidance). Default: the family's. A list mixing <= 1 (CFG off) and > 1 runs the text encoders twice, else once."),
+    negative_prompt: str = typer.Option("", "--negative-prompt", help="What to steer away from (CFG only)."),
+    width: Optional[int] = typer.Option(None, "--width", help="Image width, a multiple of 8. Default: the model's native size."),
+    height: Optional[int] = typer.Option(None, "--height", help="Image height, a multiple of 8. Default: the model's native size."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="euler, euler-a, ddim, dpm++2m, dpm++2m-karras, lcm, pndm. Default: the one the model's scheduler config names."),
+    output: Path = typer.Option(Path("grid.png"), "--output", "-o", help="Contact sheet PNG; each cell is also written beside it as STEM-s<steps>-seed<seed>[-g<guidance>].png with its parameters."),
+    compile_cache: bool = typer.Option(True, "--compile-cache/--no-compile-cache", help="Keep OpenVINO's compiled graphs in $SDCPU_CACHE_DIR (default ~/.cache/sdcpu/openvino) so the next start is fast."),
+):
+    """Render PROMPT for every step count x seed x guidance (at most 64 cells) as a labelled contact sheet.
+
+    Rows are seeds (or (seed, guidance) pairs), columns step counts; each cell is captioned with its time.
+    The prompt is encoded once for the whole grid.
+    """
+    from engine.grid_command import run_grid
+
+    run_grid(
+        prompt=prompt, model=model, steps=steps, seeds=seeds, guidance=guidance, negative_prompt=negative_prompt,
+        width=width, height=height, scheduler=scheduler, output=output, compile_cache=compile_cache,
     )
 
 

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
+from PIL import Image
 from tqdm import tqdm
 
 import engine
+from engine.atomic import atomic_write
 from engine.errors import UserError
+from engine.interactive import ask_options
+from engine.local_models import resolve_model
 from engine.noise import resolve_seed
 from engine.pipeline import Pipeline, Request
 from engine.pngmeta import GenerationParams, save_png
-from models.registry import FAMILIES
+from engine.preview import check_preview_options, preview_paths, preview_writer
+from engine.reproduce import Options, merge_from_png, png_params
+from models.registry import FAMILIES, step_advice
+
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_inv_fmt}]"
 
 
 def build_request(pipe: Pipeline, prompt: str, negative_prompt: str, steps, guidance, seed: int,
@@ -54,7 +63,7 @@ def params_for(pipe: Pipeline, request: Request, seed: int) -> GenerationParams:
     return GenerationParams(
         prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
         sampler=request.sampler, guidance=request.guidance, seed=seed, width=request.width,
-        height=request.height, model=m.name, model_family=m.family, backend=m.format,
+        height=request.height, model=pipe.folder.resolve().name, model_family=m.family, backend=m.format,
         precision=m.precision, sdcpu_version=engine.__version__,
     )
 
@@ -64,6 +73,12 @@ def _advance(bar: tqdm, step: int, total: int) -> None:
     bar.update(1)
     if step + 1 == total:
         bar.close()
+
+
+def progress_bar(steps: int) -> tqdm:
+    """Steps done, s/step and the time left (ETA) on stderr."""
+    return tqdm(total=steps, desc="denoising", unit="step", file=typer.get_text_stream("stderr"),
+                bar_format=BAR_FORMAT)
 
 
 def _report_timings(result, steps: int) -> None:
@@ -76,22 +91,74 @@ def _report_timings(result, steps: int) -> None:
     )
 
 
-def run_generate(prompt: str, model: Path, negative_prompt: str = "", steps=None, guidance=None,
-                 seed: int = -1, width=None, height=None, scheduler=None, batch: int = 1,
-                 output: Path = Path("sdcpu.png"), compile_cache: bool = True) -> list[Path]:
-    """Load, generate with a per-step progress bar, write one PNG per image."""
-    pipe = Pipeline.load(model, compile_cache=compile_cache)
-    request = build_request(pipe, prompt, negative_prompt, steps, guidance, seed, width, height, scheduler, batch)
+def resolve_options(given: Options, from_image: Path | None, interactive: bool) -> Options:
+    """--from fills what was not given; no prompt (or -i) asks at the terminal; a model is then required."""
+    if from_image is not None:
+        recorded = png_params(from_image)
+        if given.model is None and recorded.model:
+            given = replace(given, model=_model_named_in_png(recorded.model, from_image))
+        given = merge_from_png(given, recorded)
+    if interactive or given.prompt is None:
+        given = ask_options(given)
+    if given.model is None:
+        raise UserError("no --model given: pass an exported model folder or a name from `sdcpu models`")
+    return given
+
+
+def _model_named_in_png(name: str, image: Path) -> str:
+    try:
+        return str(resolve_model(name))
+    except UserError:
+        raise UserError(f"{image} was made with model {name!r}, which is not found here; "
+                        "pass --model DIR (see `sdcpu models`)") from None
+
+
+def _notes(pipe: Pipeline, request: Request, seed_given: int | None) -> None:
+    def note(line: str) -> None:
+        typer.echo(f"note: {line}", err=True)
+
+    if pipe.manifest.random_weights:
+        note("this model has random weights (a benchmark stand-in); its images are noise")
+    advice = step_advice(pipe.manifest.family, request.steps)
+    if advice:
+        note(advice)
+    if request.negative_prompt and not pipe.uses_cfg(request.guidance):
+        note("the negative prompt is unused without classifier-free guidance")
+    if seed_given is None or seed_given == -1:
+        typer.echo(f"seed: {request.seed}", err=True)
+
+
+def _preview_callback(pipe: Pipeline, request: Request, output: Path, every: int | None, kind: str, seeds):
+    if every is None:
+        return None
+
+    def save(step: int, index: int, image) -> None:
+        path = preview_paths(output, step, seeds)[index]
+        atomic_write(path, lambda file: Image.fromarray(image).save(file, format="PNG"))
+
+    return preview_writer(pipe, every, kind, (request.width, request.height), save)
+
+
+def run_generate(prompt: str | None = None, model=None, negative_prompt: str | None = None, steps=None,
+                 guidance=None, seed: int | None = None, width=None, height=None, scheduler=None, batch: int = 1,
+                 output: Path = Path("sdcpu.png"), compile_cache: bool = True, from_image: Path | None = None,
+                 interactive: bool = False, preview_every: int | None = None,
+                 preview: str = "linear") -> list[Path]:
+    """Resolve options (--from, terminal), load, generate with a progress bar, write one PNG per image."""
+    check_preview_options(preview_every, preview)
+    given = Options(prompt=prompt, negative_prompt=negative_prompt, model=None if model is None else str(model),
+                    steps=steps, guidance=guidance, seed=seed, width=width, height=height, scheduler=scheduler)
+    o = resolve_options(given, from_image, interactive)
+    pipe = Pipeline.load(resolve_model(o.model), compile_cache=compile_cache)
+    request = build_request(pipe, o.prompt, o.negative_prompt or "", o.steps, o.guidance,
+                            -1 if o.seed is None else o.seed, o.width, o.height, o.scheduler, batch)
     pipe.validate(request)
     pipe.fit_static_shapes(request, log=lambda line: typer.echo(line, err=True))
-    if pipe.manifest.random_weights:
-        typer.echo("note: this model has random weights (a benchmark stand-in); its images are noise", err=True)
-    if seed == -1:
-        typer.echo(f"seed: {request.seed}", err=True)
-    if request.negative_prompt and not pipe.uses_cfg(request.guidance):
-        typer.echo("note: the negative prompt is unused without classifier-free guidance", err=True)
-    with tqdm(total=request.steps, desc="denoising", unit="step", file=typer.get_text_stream("stderr")) as bar:
-        result = pipe.generate(request, on_step=lambda i, n: _advance(bar, i, n))
+    _notes(pipe, request, o.seed)
+    seeds = [request.seed + i for i in range(batch)]
+    on_denoised = _preview_callback(pipe, request, Path(output), preview_every, preview, seeds)
+    with progress_bar(request.steps) as bar:
+        result = pipe.generate(request, on_step=lambda i, n: _advance(bar, i, n), on_denoised=on_denoised)
     paths = output_paths(Path(output), result.seeds)
     for path, image, image_seed in zip(paths, result.images, result.seeds):
         save_png(path, image, params_for(pipe, request, image_seed))

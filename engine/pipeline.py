@@ -26,6 +26,7 @@ from engine.schedules import make_schedule
 from engine.tokenizer import ClipTokenizer
 
 StepCallback = Callable[[int, int], None]
+DenoisedCallback = Callable[[int, int, np.ndarray], None]
 
 
 @dataclass(frozen=True)
@@ -159,19 +160,21 @@ class Pipeline:
             raise UserError(f"--guidance must be a number >= 0 (got {request.guidance})")
 
     def conditioning(self, request: Request, cfg: bool) -> dict[str, np.ndarray]:
-        """The UNet's inputs besides sample and timestep, for the family of this model."""
+        """The text encoders' inputs to the UNet (prompt embeddings; SDXL: pooled and time ids too)."""
         r = request
         if len(self.text_encoders) == 2:
-            feeds = sdxl_conditioning(
+            return sdxl_conditioning(
                 self.tokenizers, self.text_encoders, r.prompt, r.negative_prompt, r.batch, cfg,
                 self.manifest.force_zeros_for_empty_prompt, r.width, r.height,
             )
-        else:
-            feeds = sd_conditioning(self.tokenizers[0], self.text_encoders[0], r.prompt, r.negative_prompt, r.batch, cfg)
-        if self.has_guidance_embedding:
-            w = np.full(r.batch, r.guidance - 1.0, np.float32)
-            feeds["timestep_cond"] = guidance_scale_embedding(w, self.manifest.time_cond_proj_dim)
-        return feeds
+        return sd_conditioning(self.tokenizers[0], self.text_encoders[0], r.prompt, r.negative_prompt, r.batch, cfg)
+
+    def guidance_inputs(self, request: Request) -> dict[str, np.ndarray]:
+        """LCM: the guidance scale embedding the UNet takes instead of CFG; nothing for other models."""
+        if not self.has_guidance_embedding:
+            return {}
+        w = np.full(request.batch, request.guidance - 1.0, np.float32)
+        return {"timestep_cond": guidance_scale_embedding(w, self.manifest.time_cond_proj_dim)}
 
     def _unet_prediction(self, request: Request, conditioning: dict, cfg: bool):
         """The UNet as f(x_vp, t) -> its prediction (eps or v), guided by CFG or LCM's embedding."""
@@ -196,14 +199,25 @@ class Pipeline:
         scaled = latents / np.float32(self.manifest.vae_scaling_factor)
         return [img for x in scaled for img in to_uint8_images(self.vae_decoder(latent_sample=x[None]))]
 
-    def generate(self, request: Request, on_step: StepCallback | None = None) -> Result:
-        """Run one request; `on_step(i, n)` is called after each denoising step."""
+    def encode(self, request: Request) -> dict[str, np.ndarray]:
+        """The text encoders' part of `request`, reusable for any request with the same prompts, size, batch and CFG."""
+        return self.conditioning(request, self.uses_cfg(request.guidance))
+
+    def generate(self, request: Request, on_step: StepCallback | None = None,
+                 conditioning: dict[str, np.ndarray] | None = None,
+                 on_denoised: DenoisedCallback | None = None) -> Result:
+        """Run one request; `on_step(i, n)` after each step, `on_denoised(i, n, x0)` with the step's x0 estimate.
+
+        `conditioning` from `encode()` of an equivalent request skips the text encoders.
+        """
         self.validate(request)
         self.fit_static_shapes(request)
         timings = {}
         started = time.perf_counter()
         cfg = self.uses_cfg(request.guidance)
-        conditioning = self.conditioning(request, cfg)
+        if conditioning is None:
+            conditioning = self.conditioning(request, cfg)
+        conditioning = {**conditioning, **self.guidance_inputs(request)}
         timings["text_encoder"] = time.perf_counter() - started
 
         seeds = [request.seed + i for i in range(request.batch)]
@@ -212,9 +226,9 @@ class Pipeline:
         shape = (request.batch, self.manifest.latent_channels, request.height // factor, request.width // factor)
         noise = generator.randn(shape)
         model = self._denoiser(self._unet_prediction(request, conditioning, cfg))
-        callback = (lambda i, n, x, denoised: on_step(i, n)) if on_step else None
         t0 = time.perf_counter()
-        latents = run_sampler(request.sampler, model, noise, self.scheduler_config, request.steps, generator, callback)
+        latents = run_sampler(request.sampler, model, noise, self.scheduler_config, request.steps, generator,
+                              self._step_callback(on_step, on_denoised))
         timings["denoise"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -222,3 +236,16 @@ class Pipeline:
         timings["vae_decoder"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - started
         return Result(images=images, seeds=seeds, timings=timings)
+
+    @staticmethod
+    def _step_callback(on_step: StepCallback | None, on_denoised: DenoisedCallback | None):
+        if not on_step and not on_denoised:
+            return None
+
+        def callback(i: int, n: int, x: np.ndarray, denoised: np.ndarray) -> None:
+            if on_denoised:
+                on_denoised(i, n, denoised)
+            if on_step:
+                on_step(i, n)
+
+        return callback

@@ -14,6 +14,9 @@ class Family:
     default_steps: int
     default_guidance: float
     useful_steps: tuple[int, int]
+    default_size: tuple[int, int]
+    scheduler: str
+    latent_space: str
     notes: str
 
 
@@ -24,6 +27,9 @@ FAMILIES: dict[str, Family] = {
         default_steps=25,
         default_guidance=7.5,
         useful_steps=(15, 50),
+        default_size=(512, 512),
+        scheduler="the model's own (PNDM for SD1.5)",
+        latent_space="sd",
         notes="classifier-free guidance with the negative prompt; scheduler from the model's config",
     ),
     "lcm": Family(
@@ -32,6 +38,9 @@ FAMILIES: dict[str, Family] = {
         default_steps=4,
         default_guidance=8.0,
         useful_steps=(2, 8),
+        default_size=(512, 512),
+        scheduler="lcm",
+        latent_space="sd",
         notes="guidance is embedded in the UNet (no second UNet call); negative prompt unused",
     ),
     "sdxl-turbo": Family(
@@ -40,6 +49,9 @@ FAMILIES: dict[str, Family] = {
         default_steps=1,
         default_guidance=0.0,
         useful_steps=(1, 4),
+        default_size=(512, 512),
+        scheduler="euler-a, trailing timesteps",
+        latent_space="sdxl",
         notes="trained for 1-4 steps without guidance; euler-a with trailing timesteps",
     ),
     "sdxl": Family(
@@ -48,6 +60,9 @@ FAMILIES: dict[str, Family] = {
         default_steps=30,
         default_guidance=5.0,
         useful_steps=(20, 50),
+        default_size=(1024, 1024),
+        scheduler="the model's own (Euler discrete)",
+        latent_space="sdxl",
         notes="two text encoders; classifier-free guidance with the negative prompt",
     ),
     "sdxl-lcm": Family(
@@ -56,6 +71,9 @@ FAMILIES: dict[str, Family] = {
         default_steps=4,
         default_guidance=1.0,
         useful_steps=(2, 8),
+        default_size=(1024, 1024),
+        scheduler="lcm",
+        latent_space="sdxl",
         notes="LCM scheduler; guidance 1-2 (CFG off at 1), as LCM-LoRA is meant to be used",
     ),
 }
@@ -67,3 +85,18 @@ def family(name: str) -> Family:
         return FAMILIES[name]
     except KeyError:
         raise KeyError(f"unknown model family {name!r}; known: {', '.join(FAMILIES)}") from None
+
+
+def step_advice(family_name: str, steps: int) -> str | None:
+    """One line when `steps` lies outside the range the family was trained or tuned for, else None."""
+    entry = FAMILIES.get(family_name)
+    if entry is None:
+        return None
+    low, high = entry.useful_steps
+    if steps > high:
+        return (f"{entry.name} is meant for {low}-{high} steps (default {entry.default_steps}); "
+                f"{steps} steps cost more time and usually look no better, often worse")
+    if steps < low:
+        return (f"{entry.name} is meant for {low}-{high} steps (default {entry.default_steps}); "
+                f"at {steps} the image is usually unfinished")
+    return None

@@ -1,0 +1,217 @@
+"""`sdcpu grid`: one prompt over step counts x seeds x guidance values, as a labelled contact sheet.
+
+The text encoders run once per distinct CFG setting of the guidance list: once when every value
+turns CFG on (or every value turns it off), twice when the list mixes both (e.g. 1,7.5), because
+CFG adds the negative prompt's half. (LCM's guidance embedding is not text: generate adds it per request.)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import typer
+from PIL import Image, PngImagePlugin
+from tqdm import tqdm
+
+import engine
+from engine.atomic import atomic_write
+from engine.bench_command import parse_ints
+from engine.contact_sheet import Layout, contact_sheet, sheet_layout
+from engine.errors import UserError
+from engine.generate_command import BAR_FORMAT, build_request, params_for
+from engine.local_models import resolve_model
+from engine.noise import SEED_LIMIT, resolve_seed
+from engine.pipeline import Pipeline, Request
+from engine.pngmeta import PARAMETERS_KEY, format_number, quote, save_png
+from models.registry import FAMILIES
+
+MAX_CELLS = 64
+
+
+@dataclass
+class GridResult:
+    """What `run_grid` wrote and how the sheet is labelled and laid out."""
+
+    path: Path
+    images: list[Path]
+    row_labels: list[str]
+    column_labels: list[str]
+    layout: Layout
+    seconds: float
+
+
+def parse_floats(text: str, option: str) -> list[float]:
+    """A comma-separated list of finite numbers >= 0; anything else is a UserError."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(not math.isfinite(v) or v < 0 for v in values):
+        raise UserError(f"{option} must be a comma-separated list of numbers >= 0 (got {text!r})")
+    return values
+
+
+def no_duplicates(values: list, option: str) -> list:
+    """VALUES itself; a value given twice would draw the same cell twice, so it is a UserError."""
+    repeated = [v for i, v in enumerate(values) if v in values[:i]]
+    if repeated:
+        raise UserError(f"{option} lists {format_number(repeated[0])} more than once")
+    return values
+
+
+def check_cell_count(cells: int) -> None:
+    if cells > MAX_CELLS:
+        raise UserError(f"grid of {cells} cells; at most {MAX_CELLS}")
+
+
+def default_steps(pipe: Pipeline) -> list[int]:
+    """The family's low, default and high step counts (their midpoint when the default is an end)."""
+    family = FAMILIES[pipe.manifest.family]
+    low, high = family.useful_steps
+    values = {low, high, pipe.manifest.default_steps or family.default_steps}
+    if len(values) < 3:
+        values.add((low + high) // 2)
+    return sorted(values)
+
+
+def column_label(steps: int) -> str:
+    return f"{steps} step" if steps == 1 else f"{steps} steps"
+
+
+def row_label(seed: int, guidance: float, several_guidances: bool) -> str:
+    return f"seed {seed}, cfg {format_number(guidance)}" if several_guidances else f"seed {seed}"
+
+
+def single_path(output: Path, request: Request, several_guidances: bool) -> Path:
+    """OUTPUT's folder / <stem>-s<steps>-seed<seed>[-g<guidance>].png."""
+    guidance = f"-g{format_number(request.guidance)}" if several_guidances else ""
+    return output.with_name(f"{output.stem}-s{request.steps}-seed{request.seed}{guidance}.png")
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def encode_once(pipe: Pipeline, requests: list[Request]) -> dict[bool, dict[str, np.ndarray]]:
+    """The text encoders' output per CFG setting: one encode, or two when the guidances mix CFG on and off."""
+    conditionings = {}
+    for request in requests:
+        cfg = pipe.uses_cfg(request.guidance)
+        if cfg not in conditionings:
+            conditionings[cfg] = pipe.encode(request)
+    return conditionings
+
+
+def grid_infotext(rows: list[list[Request]], pipe: Pipeline) -> str:
+    """The sheet's `parameters` chunk: prompts, then the grid's lists (not one image's, so no Steps/Seed keys)."""
+    first = rows[0][0]
+    items = [("Grid steps", ",".join(str(r.steps) for r in rows[0])),
+             ("Grid rows", "; ".join(f"seed {r[0].seed} cfg {format_number(r[0].guidance)}" for r in rows)),
+             ("sdcpu sampler", first.sampler), ("Image size", f"{first.width}x{first.height}"),
+             ("Model", pipe.manifest.name), ("Backend", pipe.manifest.format),
+             ("Version", f"sdcpu {engine.__version__}")]
+    negative = f"\nNegative prompt: {first.negative_prompt}" if first.negative_prompt else ""
+    return f"{first.prompt}{negative}\n" + ", ".join(f"{key}: {quote(value)}" for key, value in items)
+
+
+def save_sheet(path: Path, sheet: np.ndarray, text: str) -> None:
+    """Write the sheet atomically with its description in a `parameters` text chunk."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text(PARAMETERS_KEY, text)
+    atomic_write(path, lambda file: Image.fromarray(sheet).save(file, format="PNG", pnginfo=info))
+
+
+def build_rows(pipe: Pipeline, prompt: str, negative_prompt: str, steps_list, seeds, guidances,
+               width, height, scheduler) -> list[list[Request]]:
+    """requests[row][column]: rows are (seed, guidance) pairs, seed-major; columns are step counts."""
+    return [[build_request(pipe, prompt, negative_prompt, steps, guidance, seed, width, height, scheduler, 1)
+             for steps in steps_list] for seed in seeds for guidance in guidances]
+
+
+def render_order(pipe: Pipeline, rows: list[list[Request]]) -> list[tuple[int, int]]:
+    """(row, column) of every cell, CFG-on cells first: a static OpenVINO graph switches batch at most once mid-render."""
+    cells = [(r, c) for r, row in enumerate(rows) for c in range(len(row))]
+    return sorted(cells, key=lambda rc: not pipe.uses_cfg(rows[rc[0]][rc[1]].guidance))
+
+
+def check_requests(pipe: Pipeline, rows: list[list[Request]]) -> None:
+    """Every request valid and the graphs fit, before anything is rendered (last fitted: the first rendered)."""
+    for row in rows:
+        for request in row:
+            pipe.validate(request)
+    firsts = {}
+    for r, c in render_order(pipe, rows):
+        firsts.setdefault(pipe.uses_cfg(rows[r][c].guidance), rows[r][c])
+    for request in reversed(list(firsts.values())):
+        pipe.fit_static_shapes(request, log=lambda line: typer.echo(line, err=True))
+
+
+def render(pipe: Pipeline, rows: list[list[Request]]) -> tuple[list[list[np.ndarray]], list[list[float]]]:
+    """Every cell's image and seconds, one progress bar over all steps, the text encoders run once per CFG setting."""
+    conditionings = encode_once(pipe, [request for row in rows for request in row])
+    images = [[None] * len(row) for row in rows]
+    seconds = [[0.0] * len(row) for row in rows]
+    total = sum(request.steps for row in rows for request in row)
+    with tqdm(total=total, desc="grid", unit="step", file=typer.get_text_stream("stderr"), bar_format=BAR_FORMAT) as bar:
+        for r, c in render_order(pipe, rows):
+            request = rows[r][c]
+            conditioning = conditionings[pipe.uses_cfg(request.guidance)]
+            result = pipe.generate(request, on_step=lambda i, n: bar.update(1), conditioning=conditioning)
+            images[r][c], seconds[r][c] = result.images[0], result.timings["total"]
+    return images, seconds
+
+
+def parse_lists(steps: str | None, seeds: str | None, guidance: str | None):
+    """(steps or None for the family's, seeds, guidances or [None] for the family's), cell count checked."""
+    steps_list = no_duplicates(parse_ints(steps, "--steps", 1), "--steps") if steps is not None else None
+    seed_list = no_duplicates(parse_ints(seeds, "--seeds", 0, SEED_LIMIT), "--seeds") if seeds is not None else None
+    guidances = no_duplicates(parse_floats(guidance, "--guidance"), "--guidance") if guidance is not None else [None]
+    if steps_list is not None:
+        check_cell_count(len(steps_list) * len(seed_list or [0]) * len(guidances))
+    return steps_list, seed_list, guidances
+
+
+def notes(pipe: Pipeline, rows: list[list[Request]], random_seed: bool) -> None:
+    """The same stderr notes as `sdcpu generate`."""
+    if pipe.manifest.random_weights:
+        typer.echo("note: this model has random weights (a benchmark stand-in); its images are noise", err=True)
+    if random_seed:
+        typer.echo(f"seed: {rows[0][0].seed}", err=True)
+    if rows[0][0].negative_prompt and not any(pipe.uses_cfg(row[0].guidance) for row in rows):
+        typer.echo("note: the negative prompt is unused without classifier-free guidance", err=True)
+
+
+def run_grid(prompt: str, model: str | Path, steps: str | None = None, seeds: str | None = None,
+             guidance: str | None = None, negative_prompt: str = "", width=None, height=None, scheduler=None,
+             output: Path = Path("grid.png"), compile_cache: bool = True) -> GridResult:
+    """Check the lists, load the model, render every cell, write the singles and the labelled sheet."""
+    started = time.perf_counter()
+    steps_list, seed_list, guidances = parse_lists(steps, seeds, guidance)
+    pipe = Pipeline.load(resolve_model(model), compile_cache=compile_cache)
+    steps_list = steps_list or default_steps(pipe)
+    seed_list = seed_list or [resolve_seed(-1)]
+    check_cell_count(len(steps_list) * len(seed_list) * len(guidances))
+    rows = build_rows(pipe, prompt, negative_prompt, steps_list, seed_list, guidances, width, height, scheduler)
+    check_requests(pipe, rows)
+    notes(pipe, rows, random_seed=seeds is None)
+    images, seconds = render(pipe, rows)
+
+    output = Path(output) if Path(output).suffix.lower() == ".png" else Path(output).with_suffix(".png")
+    several = len(guidances) > 1
+    singles = [save_png(single_path(output, request, several), image, params_for(pipe, request, request.seed))
+               for row, row_images in zip(rows, images) for request, image in zip(row, row_images)]
+    row_labels = [row_label(row[0].seed, row[0].guidance, several) for row in rows]
+    column_labels = [column_label(request.steps) for request in rows[0]]
+    captions = [[f"{s:.1f} s" for s in row] for row in seconds]
+    save_sheet(output, contact_sheet(images, row_labels, column_labels, captions), grid_infotext(rows, pipe))
+    layout = sheet_layout(len(rows), len(column_labels), rows[0][0].width, rows[0][0].height,
+                          row_labels, column_labels, captions)
+    elapsed = time.perf_counter() - started
+    typer.echo(f"wrote {output} ({plural(len(rows), 'row')} x {plural(len(column_labels), 'column')})")
+    typer.echo(f"wrote {plural(len(singles), 'single image')} beside it ({output.stem}-s*-seed*.png); "
+               f"total {elapsed:.1f} s")
+    return GridResult(output, singles, row_labels, column_labels, layout, elapsed)

@@ -1,0 +1,114 @@
+"""Exported model folders found on this machine, and `--model` given as a folder or a name."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import UserError
+from engine.manifest import MANIFEST_NAME, Manifest, load_manifest
+from engine.markdown import markdown_table
+from models.registry import FAMILIES
+
+MODELS_ENV = "SDCPU_MODELS"
+DEFAULT_MODELS_DIR = Path("~/sdcpu-models")
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """An exported folder and the defaults `generate` would use with it."""
+
+    name: str
+    path: Path
+    manifest: Manifest
+
+    @property
+    def steps(self) -> int:
+        return self.manifest.default_steps or FAMILIES[self.manifest.family].default_steps
+
+    @property
+    def guidance(self) -> float:
+        g = self.manifest.default_guidance
+        return FAMILIES[self.manifest.family].default_guidance if g is None else g
+
+    @property
+    def size(self) -> tuple[int, int]:
+        static = self.manifest.static_shape
+        return (static["width"], static["height"]) if static else tuple(self.manifest.default_size)
+
+
+def search_dirs() -> list[Path]:
+    """Where names are looked up: the current folder, then each folder in $SDCPU_MODELS (default ~/sdcpu-models)."""
+    configured = os.environ.get(MODELS_ENV)
+    extra = [Path(p) for p in configured.split(os.pathsep) if p] if configured else [DEFAULT_MODELS_DIR]
+    dirs = []
+    for folder in [Path.cwd(), *extra]:
+        folder = folder.expanduser().resolve()
+        if folder not in dirs:
+            dirs.append(folder)
+    return dirs
+
+
+def _candidates(folder: Path) -> list[Path]:
+    """The folder itself, its children and grandchildren that hold a manifest."""
+    if not folder.is_dir():
+        return []
+    found = [folder] if (folder / MANIFEST_NAME).is_file() else []
+    for pattern in (f"*/{MANIFEST_NAME}", f"*/*/{MANIFEST_NAME}"):
+        found += sorted(path.parent for path in folder.glob(pattern))
+    return found
+
+
+def find_models(dirs: list[Path] | None = None) -> list[LocalModel]:
+    """Every readable exported model under `dirs` (default: search_dirs()); broken folders are skipped."""
+    models, seen = [], set()
+    for folder in dirs if dirs is not None else search_dirs():
+        for path in _candidates(Path(folder).expanduser()):
+            real = path.resolve()
+            if real in seen:
+                continue
+            seen.add(real)
+            try:
+                manifest = load_manifest(path)
+            except UserError:
+                continue
+            if manifest.family in FAMILIES:
+                models.append(LocalModel(name=path.name, path=path, manifest=manifest))
+    return models
+
+
+def resolve_model(model: str | Path) -> Path:
+    """A folder path as given, else the one local model with that name; a clear error otherwise."""
+    path = Path(model).expanduser()
+    if path.exists():
+        return path
+    matches = [m for m in find_models() if str(model) in (m.name, m.manifest.name)]
+    if len(matches) == 1:
+        return matches[0].path
+    if len(matches) > 1:
+        where = ", ".join(str(m.path) for m in matches)
+        raise UserError(f"model name {str(model)!r} matches several folders ({where}); pass the folder")
+    known = sorted({m.name for m in find_models()})
+    listed = f"; models found: {', '.join(known)}" if known else ""
+    dirs = ", ".join(str(d) for d in search_dirs())
+    raise UserError(f"model {str(model)!r} not found: no such folder, and no exported model of that name in "
+                    f"{dirs}{listed} (see `sdcpu models`)")
+
+
+def families_table() -> str:
+    """The registry as a table: what a user gets by pressing Enter, per family."""
+    return markdown_table(
+        ["family", "model", "steps", "useful steps", "guidance", "size", "scheduler"],
+        ([f.name, f.title, f.default_steps, f"{f.useful_steps[0]}-{f.useful_steps[1]}", f.default_guidance,
+          f"{f.default_size[0]}x{f.default_size[1]}", f.scheduler] for f in FAMILIES.values()),
+    )
+
+
+def models_table(models: list[LocalModel]) -> str:
+    """Exported models found locally with the defaults generate uses for each."""
+    return markdown_table(
+        ["name", "family", "format", "precision", "steps", "guidance", "size", "path"],
+        ([m.name, m.manifest.family, m.manifest.format, m.manifest.precision, m.steps, m.guidance,
+          f"{m.size[0]}x{m.size[1]}", str(m.path)] for m in models),
+    )
