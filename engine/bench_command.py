@@ -11,6 +11,7 @@ import typer
 from engine.atomic import atomic_write
 from engine.errors import UserError
 from engine.latency import LATENCY_PROMPT, latency_table, measure_latency
+from engine.local_models import resolve_model
 from engine.noise import SEED_LIMIT
 from engine.pipeline import Pipeline
 from engine.quality import QualityRow, quality_json, quality_table, request_for, sweep
@@ -123,7 +124,7 @@ def run_bench(model: Path, steps: str, schedulers: str | None, prompts: int | No
     prompt_list = read_prompts(prompt_file, prompts) if quality else []
     if runs < 1:
         raise UserError(f"--runs must be at least 1 (got {runs})")
-    pipe = Pipeline.load(model, compile_cache=compile_cache)
+    pipe = Pipeline.load(resolve_model(model), compile_cache=compile_cache)
     if names is None:
         names = [pipe.default_sampler()]
     elif names == ["all"]:

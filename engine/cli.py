@@ -93,7 +93,7 @@ def export(
 @user_errors
 def generate(
     prompt: Optional[str] = typer.Argument(None, help="What to draw. Leave out (in a terminal) to be asked for model, prompt, steps and seed."),
-    model: Optional[str] = typer.Option(None, "--model", help="Exported model: a folder (from `sdcpu export`) or the name of one that `sdcpu models` lists."),
+    model: Optional[str] = typer.Option(None, "--model", help="Exported model: a folder (from `sdcpu export`) or the name of one that `sdcpu models` lists. Default: sdcpu-shapes, the bundled small model (64x64, draws e.g. 'two small yellow triangles on a white background'; see models/shapes/MODEL_CARD.md)."),
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="What to steer away from (CFG only)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps. Default: the family's (25 for SD1.5, 4 for LCM, 1 for SDXL-Turbo); a count outside the family's useful range gets a note."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale; <= 1 turns CFG off. Default: the family's (7.5 for SD1.5, 8 for LCM, 0 for SDXL-Turbo)."),
@@ -158,7 +158,7 @@ def info(image: Path = typer.Argument(..., help="A PNG written by sdcpu or Autom
 @user_errors
 def grid(
     prompt: str = typer.Argument(..., help="What to draw (the same prompt in every cell)."),
-    model: str = typer.Option(..., "--model", help="Exported model: a folder (from `sdcpu export`) or the name of one that `sdcpu models` lists."),
+    model: Optional[str] = typer.Option(None, "--model", help="Exported model: a folder (from `sdcpu export`) or the name of one that `sdcpu models` lists. Default: the bundled sdcpu-shapes model."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Comma-separated step counts, one column each. Default: the family's low, default and high counts (15,25,50 for SD1.5; 2,4,8 for LCM; 1,2,4 for SDXL-Turbo; 20,30,50 for SDXL)."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds, one row each. Default: one random seed, printed."),
     guidance: Optional[str] = typer.Option(None, "--guidance", help="Comma-separated guidance scales; several give one row per (seed, guidance). Default: the family's. A list mixing <= 1 (CFG off) and > 1 runs the text encoders twice, else once."),
@@ -185,34 +185,28 @@ def grid(
 @app.command()
 @user_errors
 def demo(
-    work_dir: Path = typer.Option(Path("sdcpu-demo"), "--work-dir", help="Where the demo model and image go."),
+    work_dir: Path = typer.Option(Path("sdcpu-demo"), "--work-dir", help="Where the exported model and the image go."),
     format: str = typer.Option("openvino", "--format", help="openvino or onnx."),
+    prompt: str = typer.Option("two small yellow triangles on a white background", "--prompt", help="A caption of the shapes grammar (see models/shapes/MODEL_CARD.md)."),
 ):
-    """Build a tiny random SD1.5-style model, export it and generate from it (offline smoke run)."""
+    """Export sdcpu's bundled shapes model from its diffusers weights and generate from the export (offline)."""
     _require_exporter()
     from engine.generate_command import run_generate
     from export.exporter import export_model
-    from export.tiny import build_tiny_pipeline
+    from models.registry import SHAPES_DIFFUSERS
 
-    typer.echo("building a tiny random-weight SD1.5-style pipeline (offline)")
-    source = build_tiny_pipeline(work_dir / "tiny-sd15-diffusers")
-    exported = work_dir / f"tiny-sd15-{format}"
-    export_model(str(source), exported, fmt=format, overwrite=True, log=typer.echo)
-    run_generate(
-        prompt="a red circle on a blue background", model=exported, seed=0, width=256, height=256,
-        output=work_dir / "demo.png",
-    )
-    typer.echo(
-        "note: this model has RANDOM weights, so demo.png is structured noise, not a picture. "
-        "Export a real model with `sdcpu export stable-diffusion-v1-5/stable-diffusion-v1-5 OUT_DIR` (network) "
-        "or from a local diffusers folder."
-    )
+    if not (SHAPES_DIFFUSERS / "model_index.json").is_file():
+        raise UserError(f"the bundled shapes model's weights are missing from {SHAPES_DIFFUSERS}")
+    exported = work_dir / f"shapes-{format}"
+    typer.echo(f"exporting the bundled shapes model ({SHAPES_DIFFUSERS}) to {exported}")
+    export_model(str(SHAPES_DIFFUSERS), exported, fmt=format, overwrite=True, log=typer.echo)
+    run_generate(prompt=prompt, model=exported, seed=0, output=work_dir / "demo.png")
 
 
 @app.command()
 @user_errors
 def bench(
-    model: Path = typer.Option(..., "--model", help="Exported model folder (from `sdcpu export`)."),
+    model: str = typer.Option(..., "--model", help="Exported model: a folder (from `sdcpu export`) or a name that `sdcpu models` lists (e.g. sdcpu-shapes)."),
     steps: str = typer.Option("2,5,10,20,50", "--steps", help="Comma-separated step counts."),
     schedulers: Optional[str] = typer.Option(None, "--schedulers", help="Comma-separated schedulers, or 'all' (every one the model's scheduler config can run). Default: the model's own."),
     quality: bool = typer.Option(False, "--quality", help="Shapes model: generate prompts x seeds and score how often the image matches the caption, instead of timing."),

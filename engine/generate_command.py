@@ -17,9 +17,9 @@ from engine.local_models import resolve_model
 from engine.noise import resolve_seed
 from engine.pipeline import Pipeline, Request
 from engine.pngmeta import GenerationParams, save_png
-from engine.preview import check_preview_options, preview_paths, preview_writer
+from engine.preview import check_preview_options, preview_kind, preview_paths, preview_writer
 from engine.reproduce import Options, merge_from_png, png_params
-from models.registry import FAMILIES, step_advice
+from models.registry import DEFAULT_MODEL, FAMILIES, step_advice
 
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_inv_fmt}]"
 
@@ -101,8 +101,15 @@ def resolve_options(given: Options, from_image: Path | None, interactive: bool) 
     if interactive or given.prompt is None:
         given = ask_options(given)
     if given.model is None:
-        raise UserError("no --model given: pass an exported model folder or a name from `sdcpu models`")
+        given = replace(given, model=str(default_model()))
     return given
+
+
+def default_model() -> Path:
+    """The shapes model that ships with sdcpu, pre-exported; a UserError if this install lacks it."""
+    if not (DEFAULT_MODEL / "manifest.json").is_file():
+        raise UserError(f"the bundled shapes model is missing from {DEFAULT_MODEL}; reinstall sdcpu or pass --model DIR")
+    return DEFAULT_MODEL
 
 
 def _model_named_in_png(name: str, image: Path) -> str:
@@ -136,6 +143,7 @@ def _preview_callback(pipe: Pipeline, request: Request, output: Path, every: int
         path = preview_paths(output, step, seeds)[index]
         atomic_write(path, lambda file: Image.fromarray(image).save(file, format="PNG"))
 
+    kind = preview_kind(pipe, kind, lambda line: typer.echo(line, err=True))
     return preview_writer(pipe, every, kind, (request.width, request.height), save)
 
 

@@ -22,7 +22,7 @@ from engine.atomic import atomic_write
 from engine.bench_command import parse_ints
 from engine.contact_sheet import Layout, contact_sheet, sheet_layout
 from engine.errors import UserError
-from engine.generate_command import BAR_FORMAT, build_request, params_for
+from engine.generate_command import BAR_FORMAT, build_request, default_model, params_for
 from engine.local_models import resolve_model
 from engine.noise import SEED_LIMIT, resolve_seed
 from engine.pipeline import Pipeline, Request
@@ -185,13 +185,13 @@ def notes(pipe: Pipeline, rows: list[list[Request]], random_seed: bool) -> None:
         typer.echo("note: the negative prompt is unused without classifier-free guidance", err=True)
 
 
-def run_grid(prompt: str, model: str | Path, steps: str | None = None, seeds: str | None = None,
+def run_grid(prompt: str, model: str | Path | None = None, steps: str | None = None, seeds: str | None = None,
              guidance: str | None = None, negative_prompt: str = "", width=None, height=None, scheduler=None,
              output: Path = Path("grid.png"), compile_cache: bool = True) -> GridResult:
     """Check the lists, load the model, render every cell, write the singles and the labelled sheet."""
     started = time.perf_counter()
     steps_list, seed_list, guidances = parse_lists(steps, seeds, guidance)
-    pipe = Pipeline.load(resolve_model(model), compile_cache=compile_cache)
+    pipe = Pipeline.load(resolve_model(model) if model else default_model(), compile_cache=compile_cache)
     steps_list = steps_list or default_steps(pipe)
     seed_list = seed_list or [resolve_seed(-1)]
     check_cell_count(len(steps_list) * len(seed_list) * len(guidances))

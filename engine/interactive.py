@@ -11,7 +11,7 @@ from engine.errors import UserError
 from engine.local_models import LocalModel, find_models, resolve_model, search_dirs
 from engine.manifest import load_manifest
 from engine.reproduce import Options
-from models.registry import FAMILIES
+from models.registry import DEFAULT_MODEL, FAMILIES
 
 
 def require_terminal() -> None:
@@ -35,7 +35,8 @@ def choose_model(current: str | None) -> str:
     for number, model in enumerate(models, start=1):
         m = model.manifest
         typer.echo(f"  {number}. {model.name}  ({m.family}, {m.format} {m.precision}, {model.path})", err=True)
-    answer = ask("Model (number, name or folder)", current or "1")
+    bundled = next((str(n) for n, m in enumerate(models, start=1) if m.path.resolve() == DEFAULT_MODEL.resolve()), "1")
+    answer = ask("Model (number, name or folder)", current or bundled)
     if answer.isdigit() and 1 <= int(answer) <= len(models):
         return str(models[int(answer) - 1].path)
     return str(resolve_model(answer))

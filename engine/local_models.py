@@ -9,7 +9,7 @@ from pathlib import Path
 from engine.errors import UserError
 from engine.manifest import MANIFEST_NAME, Manifest, load_manifest
 from engine.markdown import markdown_table
-from models.registry import FAMILIES
+from models.registry import FAMILIES, SHAPES_MODEL_DIR
 
 MODELS_ENV = "SDCPU_MODELS"
 DEFAULT_MODELS_DIR = Path("~/sdcpu-models")
@@ -39,11 +39,11 @@ class LocalModel:
 
 
 def search_dirs() -> list[Path]:
-    """Where names are looked up: the current folder, then each folder in $SDCPU_MODELS (default ~/sdcpu-models)."""
+    """Where names are looked up: the current folder, each folder in $SDCPU_MODELS (default ~/sdcpu-models), the bundled model."""
     configured = os.environ.get(MODELS_ENV)
     extra = [Path(p) for p in configured.split(os.pathsep) if p] if configured else [DEFAULT_MODELS_DIR]
     dirs = []
-    for folder in [Path.cwd(), *extra]:
+    for folder in [Path.cwd(), *extra, SHAPES_MODEL_DIR]:
         folder = folder.expanduser().resolve()
         if folder not in dirs:
             dirs.append(folder)

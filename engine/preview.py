@@ -1,8 +1,10 @@
 """Per-step previews of the denoised estimate x0: a cheap linear latent-to-RGB map, or the real VAE.
 
-The linear maps are least-squares fits of decoded RGB on the four scaled latent channels, one per
-VAE: the SD1.x/2.x VAE's is Keturn's published estimate (discuss.huggingface.co/t/23204, 2022);
-the SDXL VAE's is the one the ComfyUI and Forge previewers publish (comfy/latent_formats.py).
+The linear maps are least-squares fits of decoded RGB on the scaled latent channels, one per VAE:
+the SD1.x/2.x VAE's is Keturn's published estimate (discuss.huggingface.co/t/23204, 2022); the
+SDXL VAE's is the one the ComfyUI and Forge previewers publish (comfy/latent_formats.py). Other
+latent widths (the shapes model's 8 channels: a linear fit misses its colours by 38 levels on
+average) get VAE previews instead.
 """
 
 from __future__ import annotations
@@ -34,13 +36,11 @@ LATENT_TO_RGB = {
 }
 
 
-def latent_to_rgb_matrix(family: str, channels: int) -> np.ndarray:
-    """The family's (channels, 3) projection; other latent widths get a grey map of the channel mean."""
+def latent_to_rgb_matrix(family: str, channels: int) -> np.ndarray | None:
+    """The family's (channels, 3) projection, or None when no table covers this latent width."""
     space = FAMILIES[family].latent_space if family in FAMILIES else "sd"
     matrix = LATENT_TO_RGB[space]
-    if channels == matrix.shape[0]:
-        return matrix
-    return np.full((channels, 3), 1.0 / channels, np.float32)
+    return matrix if channels == matrix.shape[0] else None
 
 
 def linear_preview(latents: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -64,6 +64,15 @@ def check_preview_options(every: int | None, kind: str) -> None:
         raise UserError(f"--preview-every must be at least 1 (got {every})")
     if kind not in PREVIEW_KINDS:
         raise UserError(f"--preview must be one of {', '.join(PREVIEW_KINDS)} (got {kind!r})")
+
+
+def preview_kind(pipe, kind: str, log: Callable[[str], None]) -> str:
+    """`kind`, except that a linear preview without a map for this latent width falls back to the VAE."""
+    m = pipe.manifest
+    if kind == "linear" and latent_to_rgb_matrix(m.family, m.latent_channels) is None:
+        log(f"note: no linear latent-to-RGB map for {m.latent_channels}-channel latents; previews use the VAE")
+        return "vae"
+    return kind
 
 
 def preview_writer(pipe, every: int, kind: str, size: tuple[int, int],

@@ -101,6 +101,7 @@ def _manifest(src, family: str, options: ExportOptions, entries, out_dir: Path) 
     vae_scale = 2 ** (len(vae["block_out_channels"]) - 1)
     side = unet["sample_size"] * vae_scale
     lcm_lora = getattr(src, "lcm", False) and unet.get("time_cond_proj_dim") is None
+    defaults = src.sampling_defaults() if hasattr(src, "sampling_defaults") else {}
     return Manifest(
         family=family,
         format=options.fmt,
@@ -122,7 +123,8 @@ def _manifest(src, family: str, options: ExportOptions, entries, out_dir: Path) 
         force_zeros_for_empty_prompt=bool(src.index.get("force_zeros_for_empty_prompt", False)),
         random_weights=src.source.startswith("random-weights:"),
         quantization=describe(options.fmt, options.precision, options.quant, is_sdxl(family)),
-        default_guidance=1.0 if lcm_lora else None,
+        default_steps=defaults.get("steps"),
+        default_guidance=1.0 if lcm_lora else defaults.get("guidance"),
         lora=src.describe() if hasattr(src, "describe") else None,
     )
 

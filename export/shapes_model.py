@@ -9,8 +9,10 @@ model; it is small enough to train on two CPU cores (models/shapes/MODEL_CARD.md
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from export.source import SAMPLING_DEFAULTS_FILE
 from export.tiny import SD15_SCHEDULER
 from export.tiny_tokenizer import write_tiny_clip_tokenizer
 from models.shapes.render import IMAGE_SIZE
@@ -20,6 +22,9 @@ LATENT_CHANNELS = 8
 # latents an epsilon UNet's x0 estimate at the noisiest steps, where a prompt's colours are decided,
 # stayed worse than the prior after 3200 steps, and its images ignored the prompt.
 SHAPES_SCHEDULER = {**SD15_SCHEDULER, "prediction_type": "v_prediction"}
+# Measured on the 12000-step model (PNDM, 25 steps, 100 prompts x 4 seeds): guidance 1.5-2 matches
+# 93%, 3 matches 83%, SD1.5's 7.5 over-saturates (12% on the 6000-step model).
+SHAPES_SAMPLING_DEFAULTS = {"steps": 25, "guidance": 2.0}
 VAE_CONFIG = dict(
     in_channels=3,
     out_channels=3,
@@ -105,4 +110,5 @@ def save_pipeline(out_dir: Path, vae, text_encoder, tokenizer, unet) -> Path:
     )
     pipe.to(torch.float16).save_pretrained(out_dir, safe_serialization=True)
     pipe.to(torch.float32)
+    (Path(out_dir) / SAMPLING_DEFAULTS_FILE).write_text(json.dumps(SHAPES_SAMPLING_DEFAULTS, indent=2) + "\n")
     return Path(out_dir)

@@ -7,11 +7,13 @@ Components are loaded on demand and freed by the caller after export, so only on
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 
 from engine.errors import UserError
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+SAMPLING_DEFAULTS_FILE = "sdcpu_defaults.json"
 
 
 def quiet_libraries() -> None:
@@ -60,6 +62,17 @@ class PipelineSource:
             self.index = DiffusionPipeline.load_config(self.where)
         except (OSError, ValueError) as exc:
             raise UserError(f"could not load {source}: {_first_line(exc)}") from None
+
+    def sampling_defaults(self) -> dict:
+        """The folder's own default steps/guidance (sdcpu_defaults.json, as the shapes model ships), else {}."""
+        path = Path(self.where) / SAMPLING_DEFAULTS_FILE
+        if not path.is_file():
+            return {}
+        try:
+            data = json.loads(path.read_text())
+            return {"steps": int(data["steps"]), "guidance": float(data["guidance"])}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"corrupt {path}: {exc}") from None
 
     def has(self, name: str) -> bool:
         entry = self.index.get(name)

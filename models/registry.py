@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+SHAPES_MODEL_DIR = Path(__file__).parent / "shapes"
+DEFAULT_MODEL = SHAPES_MODEL_DIR / "sdcpu-shapes"
+SHAPES_DIFFUSERS = SHAPES_MODEL_DIR / "diffusers"
 
 
 @dataclass(frozen=True)

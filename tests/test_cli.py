@@ -140,12 +140,14 @@ def test_export_whose_fp32_graph_disagrees_with_pytorch_fails(tiny_sources, tmp_
     assert [p.name for p in tmp_path.iterdir()] == []
 
 
-def test_runtime_never_imports_torch_or_diffusers(tiny_exports, tmp_path):
+@pytest.mark.parametrize("model", ["tiny export", "bundled default"])
+def test_runtime_never_imports_torch_or_diffusers(model, tiny_exports, tmp_path):
+    args = ["a red circle on a blue background", "--seed", "1"] if model == "bundled default" else [
+        "a cat", "--model", str(tiny_exports["sd15", "openvino"]), "--steps", "2", "--width", "64", "--height", "64"]
     code = (
         "import sys\n"
         "from engine.cli import main\n"
-        f"sys.argv = ['sdcpu', 'generate', 'a cat', '--model', r'{tiny_exports['sd15', 'openvino']}',"
-        f" '--steps', '2', '--width', '64', '--height', '64', '--output', r'{tmp_path / 'x.png'}']\n"
+        f"sys.argv = ['sdcpu', 'generate', *{args!r}, '--output', r'{tmp_path / 'x.png'}']\n"
         "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', 'transformers'))\n"
         "assert not heavy, heavy\n"

@@ -128,3 +128,22 @@ def test_lcm_lora_turns_an_sdxl_model_into_a_few_step_lcm_model(tiny_sources, ti
               "text_embeds": g.standard_normal((1, 32), dtype=np.float32),
               "time_ids": np.array([[64, 64, 0, 0, 64, 64]], np.float32)}
     assert np.abs(pipe.unet(**inputs) - plain.unet(**inputs)).max() > 1e-2
+
+
+def test_sampling_defaults_file_sets_the_manifest_defaults(tiny_sources, tmp_path):
+    """sdcpu_defaults.json beside model_index.json (as the shapes model ships) becomes the export's defaults."""
+    import shutil
+
+    from engine.errors import UserError
+    from export.exporter import export_model
+
+    source = tmp_path / "src"
+    shutil.copytree(tiny_sources["sd15"], source)
+    (source / "sdcpu_defaults.json").write_text(json.dumps({"steps": 12, "guidance": 3.5}))
+    export_model(str(source), tmp_path / "ok", fmt="onnx", log=lambda line: None)
+    manifest = load_manifest(tmp_path / "ok")
+    assert (manifest.default_steps, manifest.default_guidance) == (12, 3.5)
+    (source / "sdcpu_defaults.json").write_text('{"steps": "many"}')
+    with pytest.raises(UserError, match="corrupt .*sdcpu_defaults.json"):
+        export_model(str(source), tmp_path / "bad", fmt="onnx", log=lambda line: None)
+    assert not (tmp_path / "bad").exists()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import pty
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pexpect
 import pytest
+from pexpect import fdpexpect
 from PIL import Image, PngImagePlugin
 from typer.testing import CliRunner
 
@@ -150,22 +153,37 @@ def test_no_prompt_without_a_terminal_is_one_clear_error(tiny_exports):
     assert "not a terminal" in error
 
 
+def answer_in_a_terminal(args: list[str], dialogue: list[tuple[str, str]], cwd: Path, env: dict) -> str:
+    """Run `sdcpu ARGS` on a pseudo-terminal, answering each prompt pattern; the output after the last answer.
+
+    The child is started by subprocess (fork + exec in C), not pexpect.spawn's Python-level fork:
+    after the suite has loaded OpenVINO's thread pools, a Python fork child can crash before exec.
+    """
+    master, slave = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "engine.cli", *args], cwd=str(cwd), env=env, stdin=slave,
+                               stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    child = fdpexpect.fdspawn(master, encoding="utf-8", timeout=120)
+    try:
+        for pattern, reply in dialogue:
+            child.expect(pattern)
+            child.sendline(reply)
+        child.expect(pexpect.EOF)
+    finally:
+        os.close(master)
+        exit_code = process.wait(timeout=120)
+    assert exit_code == 0, child.before
+    return child.before
+
+
 def test_interactive_mode_in_a_pseudo_terminal(tiny_exports, tmp_path):
     out = tmp_path / "asked.png"
-    child = pexpect.spawn(sys.executable, ["-m", "engine.cli", "generate", "--model", str(tiny_exports["lcm", "onnx"]),
-                                           "-o", str(out)], cwd=str(REPO), env=dict(os.environ), encoding="utf-8",
-                          timeout=120)
-    child.expect(r"Model \(number, name or folder\) \[")
-    child.sendline("")
-    child.expect("Prompt: ")
-    child.sendline("a blue square")
-    child.expect(r"Steps \(2-8 suit lcm\) \[4\]: ")
-    child.sendline("")
-    child.expect(r"Seed \(-1 picks one\) \[-1\]: ")
-    child.sendline("77")
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 0, child.before
+    answer_in_a_terminal(["generate", "--model", str(tiny_exports["lcm", "onnx"]), "-o", str(out)], [
+        (r"Model \(number, name or folder\) \[", ""),
+        ("Prompt: ", "a blue square"),
+        (r"Steps \(2-8 suit lcm\) \[4\]: ", ""),
+        (r"Seed \(-1 picks one\) \[-1\]: ", "77"),
+    ], REPO, dict(os.environ))
     p = params(out)
     assert (p.prompt, p.steps, p.seed, p.guidance) == ("a blue square", 4, 77, 8.0)
 
@@ -198,3 +216,17 @@ def test_linear_preview_maps_each_latent_channel_to_its_colour():
     image = linear_preview(latent, LATENT_TO_RGB["sd"], (3, 2))
     expected = np.round((LATENT_TO_RGB["sd"][3] + 1) * 127.5)
     assert image.shape == (2, 3, 3) and np.all(np.abs(image.astype(int) - expected) <= 1)
+
+
+def test_interactive_mode_offers_the_bundled_model_by_default(tmp_path):
+    out = tmp_path / "asked.png"
+    env = {**os.environ, "SDCPU_MODELS": str(tmp_path / "empty")}
+    output = answer_in_a_terminal(["generate", "-i", "-o", str(out)], [
+        (r"1\. sdcpu-shapes .*Model \(number, name or folder\) \[1\]: ", ""),
+        ("Prompt: ", "a red circle on a blue background"),
+        (r"Steps \(15-50 suit sd15\) \[25\]: ", "10"),
+        (r"Seed \(-1 picks one\) \[-1\]: ", ""),
+    ], tmp_path, env)
+    p = params(out)
+    assert (p.model, p.steps, p.guidance) == ("sdcpu-shapes", 10, 2.0)
+    assert f"seed: {p.seed}" in output
