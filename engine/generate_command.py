@@ -92,7 +92,7 @@ def _report_timings(result, steps: int) -> None:
 
 
 def resolve_options(given: Options, from_image: Path | None, interactive: bool) -> Options:
-    """--from fills what was not given; no prompt (or -i) asks at the terminal; a model is then required."""
+    """--from fills what was not given; no prompt (or -i) asks at the terminal; no model means the bundled one."""
     if from_image is not None:
         recorded = png_params(from_image)
         if given.model is None and recorded.model:
