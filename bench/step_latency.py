@@ -18,7 +18,7 @@ from engine.pipeline import Pipeline, Request
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=10, help="at least 2")
+    parser.add_argument("--steps", type=int, default=10, help="denoising steps per timed call")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument("--scheduler", default=None)

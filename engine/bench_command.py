@@ -1,16 +1,21 @@
-"""`sdcpu bench`: per-step latency over step counts and schedulers, or with --quality the shapes evaluation."""
+"""`sdcpu bench`: per-component and per-step latency over step counts and schedulers, or --quality scores."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+import os
+import time
 from pathlib import Path
 
 import typer
 
 from engine.atomic import atomic_write
+from engine.bench_plot import write_plot
+from engine.bench_report import (LatencyReport, UnetFlops, gemm_probe, machine_info, memory_usage, report_json,
+                                 report_text)
 from engine.errors import UserError
-from engine.latency import LATENCY_PROMPT, latency_table, measure_latency
+from engine.flops import count_macs_by_op
+from engine.latency import LATENCY_PROMPT, measure_latency
 from engine.local_models import resolve_model
 from engine.noise import SEED_LIMIT
 from engine.pipeline import Pipeline
@@ -96,27 +101,75 @@ def run_quality(pipe: Pipeline, model: Path, steps_list, samplers, prompts, seed
         write_json(json_path, quality_json(model, prompts, seeds, rows))
 
 
-def run_latency(pipe: Pipeline, model: Path, steps_list, samplers, guidance, runs: int, json_path) -> None:
-    """Seconds per step for each scheduler x step count, one warm-up call each."""
+def check_output(path: Path | None, option: str, suffix: str | None = None) -> None:
+    """Refuse, before any work, an output path without `suffix` or in a folder that cannot be written."""
+    if path is None:
+        return
+    if suffix and path.suffix.lower() != suffix:
+        raise UserError(f"{option} must name a {suffix} file (got {path})")
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a folder, not a file")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise UserError(f"cannot write {option} {path}: {folder} is not a writable folder")
+
+
+def unet_flops(pipe: Pipeline, request) -> UnetFlops | None:
+    """FLOPs of one UNet call of `request` counted from the graph file; None (with a note) if it cannot be read."""
+    cfg = pipe.uses_cfg(request.guidance)
+    shapes = pipe.shapes_for(request, cfg)["unet"]
+    path = pipe.folder / pipe.manifest.components["unet"].file
+    try:
+        macs = count_macs_by_op(path, shapes)
+    except Exception as exc:  # a count that fails must not throw away the timings
+        typer.echo(f"note: cannot count the UNet's FLOPs in {path}: {str(exc).splitlines()[0]}", err=True)
+        return None
+    return UnetFlops.from_macs(macs, shapes["sample"][0], cfg)
+
+
+def write_outputs(report: LatencyReport, json_path: Path | None, plot_path: Path | None) -> None:
+    """The JSON and the chart, each written atomically; a failed write is a one-line error."""
+    try:
+        if json_path:
+            write_json(json_path, report_json(report))
+        if plot_path:
+            title = f"{Path(report.model).name} {report.width}x{report.height}: seconds per image"
+            write_plot(plot_path, report.rows, title)
+            typer.echo(f"wrote {plot_path}", err=True)
+    except OSError as exc:
+        raise UserError(f"cannot write {exc.filename or json_path or plot_path}: {exc.strerror or exc}") from None
+
+
+def run_latency(pipe: Pipeline, model: Path, steps_list, samplers, guidance, runs: int, json_path,
+                warmup: int = 1, plot_path: Path | None = None, compile_s: float = 0.0,
+                compile_cache: bool = True) -> None:
+    """Seconds per component and per step for each scheduler x step count after `warmup` untimed calls."""
     requests = [request_for(pipe, LATENCY_PROMPT, steps, sampler, guidance)
                 for sampler in samplers for steps in steps_list]
     for request in requests:
         pipe.validate(request)
+    gemm = gemm_probe()
     rows = []
     for request in requests:
-        rows.append(measure_latency(pipe, request, runs))
+        rows.append(measure_latency(pipe, request, runs, warmup))
         typer.echo(f"{request.sampler} {request.steps} steps: {rows[-1].step_median:.4f} s/step", err=True)
-    width, height = requests[0].width, requests[0].height
-    typer.echo(f"{model}: {width}x{height}, guidance {requests[0].guidance:g}, {runs} timed runs after one warm-up")
-    typer.echo(latency_table(rows))
-    if json_path:
-        write_json(json_path, {"model": str(model), "width": width, "height": height,
-                               "rows": [asdict(r) for r in rows]})
+    memory = memory_usage()
+    first = requests[0]
+    report = LatencyReport(
+        model=str(model), format=pipe.manifest.format, precision=pipe.manifest.precision, width=first.width,
+        height=first.height, guidance=first.guidance, runs=runs, warmup=warmup, compile_cache=compile_cache,
+        compile_s=compile_s, rows=rows, flops=unet_flops(pipe, first), memory=memory, gemm=gemm,
+        machine=machine_info(),
+    )
+    typer.echo(report_text(report))
+    write_outputs(report, json_path, plot_path)
 
 
 def run_bench(model: Path, steps: str, schedulers: str | None, prompts: int | None, prompt_file: Path | None,
               seeds: str, guidance: float | None, runs: int, json_path: Path | None, quality: bool,
-              compile_cache: bool = True) -> None:
+              compile_cache: bool = True, warmup: int = 1, plot_path: Path | None = None) -> None:
     """Check every option, load the model once, then time it or evaluate it."""
     steps_list = parse_ints(steps, "--steps", 1)
     seed_list = parse_ints(seeds, "--seeds", 0, SEED_LIMIT)
@@ -124,7 +177,15 @@ def run_bench(model: Path, steps: str, schedulers: str | None, prompts: int | No
     prompt_list = read_prompts(prompt_file, prompts) if quality else []
     if runs < 1:
         raise UserError(f"--runs must be at least 1 (got {runs})")
+    if warmup < 0:
+        raise UserError(f"--warmup must be at least 0 (got {warmup})")
+    if quality and plot_path:
+        raise UserError("--plot charts the timings; it does not apply to --quality")
+    check_output(json_path, "--json")
+    check_output(plot_path, "--plot", ".png")
+    started = time.perf_counter()
     pipe = Pipeline.load(resolve_model(model), compile_cache=compile_cache)
+    compile_s = time.perf_counter() - started
     if names is None:
         names = [pipe.default_sampler()]
     elif names == ["all"]:
@@ -132,4 +193,5 @@ def run_bench(model: Path, steps: str, schedulers: str | None, prompts: int | No
     if quality:
         run_quality(pipe, model, steps_list, names, prompt_list, seed_list, guidance, json_path)
     else:
-        run_latency(pipe, model, steps_list, names, guidance, runs, json_path)
+        run_latency(pipe, model, steps_list, names, guidance, runs, json_path, warmup, plot_path, compile_s,
+                    compile_cache)

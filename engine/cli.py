@@ -214,16 +214,21 @@ def bench(
     prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="--quality: captions of the shapes grammar, one per line, instead of the evaluation prompts."),
     seeds: str = typer.Option("0,1", "--seeds", help="--quality: comma-separated seeds; every prompt is generated with each."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale. Default: the family's."),
-    runs: int = typer.Option(3, "--runs", help="Timing: timed calls per step count, after one warm-up call."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the rows to this JSON file."),
+    runs: int = typer.Option(3, "--runs", help="Timing: timed calls per step count, after the warm-up calls."),
+    warmup: int = typer.Option(1, "--warmup", help="Timing: untimed calls per step count before the timed ones (0 times the first call too)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file: every timing, compile time, memory, FLOPs, linear fit, GEMM probe and machine."),
+    plot_path: Optional[Path] = typer.Option(None, "--plot", help="Timing: draw seconds per image vs steps for text encoder, UNet, VAE and total to this .png file."),
     compile_cache: bool = typer.Option(True, "--compile-cache/--no-compile-cache", help="Use OpenVINO's compile cache."),
 ):
-    """Time seconds per step over step counts and schedulers, or with --quality score the shapes model."""
+    """Time text encoder, UNet per step, VAE and total over step counts and schedulers, or with --quality score the shapes model.
+
+    Timing also reports compile and first-call time, peak memory, the fit total = a + b * steps, UNet FLOPs and TFLOP/s, and a numpy GEMM probe to compare machines by.
+    """
     from engine.bench_command import run_bench
 
     run_bench(model=model, steps=steps, schedulers=schedulers, prompts=prompts, prompt_file=prompt_file,
               seeds=seeds, guidance=guidance, runs=runs, json_path=json_path, quality=quality,
-              compile_cache=compile_cache)
+              compile_cache=compile_cache, warmup=warmup, plot_path=plot_path)
 
 
 @app.command()

@@ -1,0 +1,240 @@
+"""What `sdcpu bench` reports besides the per-step timings: machine, GEMM probe, memory, fit, FLOPs.
+
+The numpy GEMM probe runs in the same process as the benchmark, so a reader can divide by it to
+compare runs made on a busier or a different machine. Everything here goes into the JSON and,
+summarised, under the timing table.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import engine
+from engine.flops import COUNTERS
+from engine.latency import LATENCY_COLUMNS, LatencyRow, latency_cells
+from engine.markdown import markdown_table
+
+GEMM_LABEL = "numpy fp32 GEMM probe"
+MIB = 1024 * 1024
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what platform knows, else 'unknown'."""
+    try:
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def package_version(name: str) -> str | None:
+    """A runtime package's version, or None when it does not import."""
+    try:
+        return __import__(name).__version__
+    except Exception:  # an uninstalled or broken backend is reported, not fatal
+        return None
+
+
+def machine_info() -> dict:
+    """CPU, logical cores and the versions of everything that computes."""
+    return {"cpu": cpu_model(), "logical_cores": os.cpu_count(), "openvino": package_version("openvino"),
+            "onnxruntime": package_version("onnxruntime"), "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+@dataclass(frozen=True)
+class GemmProbe:
+    """Median seconds and GFLOP/s of a size x size @ size x size float32 matmul in numpy."""
+
+    label: str
+    size: int
+    repeats: int
+    seconds_median: float
+    gflops: float
+
+
+def gemm_probe(size: int = 1024, repeats: int = 5) -> GemmProbe:
+    """Time numpy's fp32 matmul (one untimed call first) and report the median's GFLOP/s."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
+    a @ b
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        seconds.append(time.perf_counter() - start)
+    median = statistics.median(seconds)
+    return GemmProbe(GEMM_LABEL, size, repeats, median, 2 * size**3 / median / 1e9)
+
+
+def current_rss_mib(status: Path = Path("/proc/self/status")) -> float | None:
+    """VmRSS of this process in MiB (Linux), else None."""
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def memory_usage() -> dict[str, float | None]:
+    """Peak RSS (getrusage: KiB on Linux, bytes on macOS; None on Windows) and current RSS, both in MiB."""
+    try:
+        import resource
+    except ImportError:
+        return {"peak_rss_mib": None, "current_rss_mib": current_rss_mib()}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_mib = peak / MIB if sys.platform == "darwin" else peak / 1024
+    return {"peak_rss_mib": peak_mib, "current_rss_mib": current_rss_mib()}
+
+
+@dataclass(frozen=True)
+class LinearFit:
+    """total ~ a + b * steps for one sampler; a is None with fewer than 2 distinct step counts."""
+
+    sampler: str
+    a_s: float | None
+    b_s_per_step: float
+    step_counts: list[int]
+
+
+def fit_totals(rows: list[LatencyRow]) -> list[LinearFit]:
+    """Least squares of median total seconds on steps, per sampler (b = s/step median with one count)."""
+    fits = []
+    for sampler in dict.fromkeys(r.sampler for r in rows):
+        mine = [r for r in rows if r.sampler == sampler]
+        steps = [r.steps for r in mine]
+        if len(set(steps)) < 2:
+            fits.append(LinearFit(sampler, None, statistics.median(r.step_median for r in mine), steps))
+            continue
+        b, a = np.polyfit(np.array(steps, float), np.array([r.total_median for r in mine]), 1)
+        fits.append(LinearFit(sampler, float(a), float(b), steps))
+    return fits
+
+
+def fit_text(fit: LinearFit) -> str:
+    """'total ≈ A s + B s/step' for one sampler, saying so when A cannot be fitted."""
+    where = f"({fit.sampler}, steps {','.join(map(str, fit.step_counts))})"
+    if fit.a_s is None:
+        return f"total ≈ ? s + {fit.b_s_per_step:.4f} s/step {where}: one step count, b is the s/step median"
+    return f"total ≈ {fit.a_s:.4f} s + {fit.b_s_per_step:.4f} s/step {where}"
+
+
+@dataclass
+class UnetFlops:
+    """FLOPs (2 x MACs of convolutions, matmuls, attention) of one UNet call at the benchmark's shapes."""
+
+    per_call: int
+    batch: int
+    cfg: bool
+    by_op: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_macs(cls, macs: dict[str, int], batch: int, cfg: bool) -> "UnetFlops":
+        by_op = {kind: 2 * macs.get(kind, 0) for kind in COUNTERS}
+        return cls(sum(by_op.values()), batch, cfg, by_op)
+
+
+def row_compute(row: LatencyRow, flops: UnetFlops | None) -> dict[str, float | None]:
+    """FLOPs per step (UNet calls per image spread over its steps) and TFLOP/s of the median UNet call."""
+    if flops is None:
+        return {"unet_flops_per_step": None, "unet_tflops": None}
+    return {"unet_flops_per_step": flops.per_call * row.unet_calls / row.steps,
+            "unet_tflops": flops.per_call / row.unet_call_median / 1e12}
+
+
+@dataclass
+class LatencyReport:
+    """Everything one timing run of `sdcpu bench` measured, with the settings it ran under."""
+
+    model: str
+    format: str
+    precision: str
+    width: int
+    height: int
+    guidance: float
+    runs: int
+    warmup: int
+    compile_cache: bool
+    compile_s: float
+    rows: list[LatencyRow]
+    flops: UnetFlops | None
+    memory: dict[str, float | None]
+    gemm: GemmProbe
+    machine: dict
+
+
+def report_json(report: LatencyReport) -> dict:
+    """The JSON document: settings, machine, probe, compile and first-call times, memory, FLOPs, fits, rows."""
+    data = {key: getattr(report, key) for key in (
+        "model", "format", "precision", "width", "height", "guidance", "runs", "warmup", "compile_cache")}
+    first = report.rows[0]
+    data.update(
+        sdcpu_version=engine.__version__, machine=report.machine, gemm_probe=asdict(report.gemm),
+        compile_s=report.compile_s, first_call_s=first.first_call, warm_total_s=first.total_median,
+        memory=report.memory, unet_flops=asdict(report.flops) if report.flops else None,
+        fits=[asdict(fit) for fit in fit_totals(report.rows)],
+        rows=[{**asdict(row), **row_compute(row, report.flops)} for row in report.rows],
+    )
+    return data
+
+
+COMPUTE_COLUMNS = ["UNet calls", "UNet s/call median", "GFLOP/step", "TFLOP/s"]
+
+
+def compute_cells(row: LatencyRow, flops: UnetFlops | None) -> list:
+    """UNet calls per image, median seconds per call, GFLOP per step and achieved TFLOP/s of one row."""
+    compute = row_compute(row, flops)
+    per_step, tflops = compute["unet_flops_per_step"], compute["unet_tflops"]
+    return [row.unet_calls, f"{row.unet_call_median:.4f}", "n/a" if per_step is None else f"{per_step / 1e9:.3f}",
+            "n/a" if tflops is None else f"{tflops:.4f}"]
+
+
+def bench_table(rows: list[LatencyRow], flops: UnetFlops | None) -> str:
+    """One line per scheduler and step count: component and step seconds, then UNet work and throughput."""
+    return markdown_table(LATENCY_COLUMNS + COMPUTE_COLUMNS,
+                          (latency_cells(row) + compute_cells(row, flops) for row in rows))
+
+
+def size_text(mib: float | None) -> str:
+    """MiB below 1 GiB, GiB above."""
+    if mib is None:
+        return "n/a"
+    return f"{mib / 1024:.2f} GiB" if mib >= 1024 else f"{mib:.0f} MiB"
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 run', '3 runs'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def report_text(report: LatencyReport) -> str:
+    """The tables and summary lines printed on stdout."""
+    r, first, m = report, report.rows[0], report.machine
+    lines = [f"{r.model}: {r.format} {r.precision}, {r.width}x{r.height}, guidance {r.guidance:g}, "
+             f"{plural(r.runs, 'timed run')} after {plural(r.warmup, 'warm-up call')} each", "", bench_table(r.rows, r.flops), ""]
+    lines += [fit_text(fit) for fit in fit_totals(r.rows)]
+    lines.append(f"compile (Pipeline.load): {r.compile_s:.2f} s; first call {first.first_call:.3f} s "
+                 f"vs warm {first.total_median:.3f} s ({first.sampler}, {plural(first.steps, 'step')})")
+    if r.flops:
+        lines.append(f"UNet: {r.flops.per_call / 1e9:.3f} GFLOP per call (batch {r.flops.batch}"
+                     f"{', CFG' if r.flops.cfg else ''}; convolutions, matmuls, attention)")
+    lines.append(f"memory: peak RSS {size_text(r.memory['peak_rss_mib'])}, "
+                 f"current RSS {size_text(r.memory['current_rss_mib'])}")
+    lines.append(f"{r.gemm.label}: {r.gemm.size}x{r.gemm.size} @ {r.gemm.size}x{r.gemm.size}, "
+                 f"{r.gemm.gflops:.1f} GFLOP/s (median of {r.gemm.repeats})")
+    lines.append(f"machine: {m['cpu']}, {m['logical_cores']} logical cores; openvino {m['openvino']}, "
+                 f"onnxruntime {m['onnxruntime']}, sdcpu {engine.__version__}")
+    return "\n".join(lines)
