@@ -11,7 +11,8 @@ import typer
 
 from engine.atomic import atomic_write
 from engine.bench_plot import write_plot
-from engine.bench_report import (LatencyReport, UnetFlops, gemm_probe, machine_info, memory_usage, report_json,
+from engine.bench_report import (LatencyReport, UnetFlops, gemm_probe, machine_info, memory_usage, openvino_gemm_probe,
+                                 report_json,
                                  report_text)
 from engine.errors import UserError
 from engine.flops import count_macs_by_op
@@ -150,7 +151,7 @@ def run_latency(pipe: Pipeline, model: Path, steps_list, samplers, guidance, run
                 for sampler in samplers for steps in steps_list]
     for request in requests:
         pipe.validate(request)
-    gemm = gemm_probe()
+    gemm, gemm_openvino = gemm_probe(), openvino_gemm_probe()
     rows = []
     for request in requests:
         rows.append(measure_latency(pipe, request, runs, warmup))
@@ -161,7 +162,7 @@ def run_latency(pipe: Pipeline, model: Path, steps_list, samplers, guidance, run
         model=str(model), format=pipe.manifest.format, precision=pipe.manifest.precision, width=first.width,
         height=first.height, guidance=first.guidance, runs=runs, warmup=warmup, compile_cache=compile_cache,
         compile_s=compile_s, rows=rows, flops=unet_flops(pipe, first), memory=memory, gemm=gemm,
-        machine=machine_info(),
+        machine=machine_info(), gemm_openvino=gemm_openvino,
     )
     typer.echo(report_text(report))
     write_outputs(report, json_path, plot_path)

@@ -78,6 +78,28 @@ def gemm_probe(size: int = 1024, repeats: int = 5) -> GemmProbe:
     return GemmProbe(GEMM_LABEL, size, repeats, median, 2 * size**3 / median / 1e9)
 
 
+def openvino_gemm_probe(size: int = 2048, repeats: int = 5, precision: str = "bf16") -> GemmProbe:
+    """Time an OpenVINO MatMul compiled with this inference precision: the rate the UNet's rate is judged by."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    rng = np.random.default_rng(0)
+    a = ops.parameter([size, size], ov.Type.f32, name="a")
+    b = ops.constant(rng.standard_normal((size, size), dtype=np.float32))
+    compiled = ov.Core().compile_model(ov.Model([ops.matmul(a, b, False, False)], [a]), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": precision})
+    request = compiled.create_infer_request()
+    x = rng.standard_normal((size, size), dtype=np.float32)
+    request.infer({0: x})
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        request.infer({0: x})
+        seconds.append(time.perf_counter() - start)
+    median = statistics.median(seconds)
+    return GemmProbe(f"OpenVINO {precision} GEMM probe", size, repeats, median, 2 * size**3 / median / 1e9)
+
+
 def current_rss_mib(status: Path = Path("/proc/self/status")) -> float | None:
     """VmRSS of this process in MiB (Linux), else None."""
     try:
@@ -174,6 +196,7 @@ class LatencyReport:
     memory: dict[str, float | None]
     gemm: GemmProbe
     machine: dict
+    gemm_openvino: GemmProbe | None = None
 
 
 def report_json(report: LatencyReport) -> dict:
@@ -183,12 +206,22 @@ def report_json(report: LatencyReport) -> dict:
     first = report.rows[0]
     data.update(
         sdcpu_version=engine.__version__, machine=report.machine, gemm_probe=asdict(report.gemm),
+        gemm_probe_openvino=asdict(report.gemm_openvino) if report.gemm_openvino else None,
+        unet_vs_openvino_gemm=unet_vs_gemm(report),
         compile_s=report.compile_s, first_call_s=first.first_call, warm_total_s=first.total_median,
         memory=report.memory, unet_flops=asdict(report.flops) if report.flops else None,
         fits=[asdict(fit) for fit in fit_totals(report.rows)],
         rows=[{**asdict(row), **row_compute(row, report.flops)} for row in report.rows],
     )
     return data
+
+
+def unet_vs_gemm(report: "LatencyReport") -> float | None:
+    """The best row's UNet TFLOP/s over the OpenVINO GEMM probe's: 1 means the UNet runs at plain GEMM speed."""
+    if report.flops is None or report.gemm_openvino is None:
+        return None
+    best = max(row_compute(row, report.flops)["unet_tflops"] for row in report.rows)
+    return best * 1e3 / report.gemm_openvino.gflops
 
 
 COMPUTE_COLUMNS = ["UNet calls", "UNet s/call median", "GFLOP/step", "TFLOP/s"]
@@ -233,8 +266,13 @@ def report_text(report: LatencyReport) -> str:
                      f"{', CFG' if r.flops.cfg else ''}; convolutions, matmuls, attention)")
     lines.append(f"memory: peak RSS {size_text(r.memory['peak_rss_mib'])}, "
                  f"current RSS {size_text(r.memory['current_rss_mib'])}")
-    lines.append(f"{r.gemm.label}: {r.gemm.size}x{r.gemm.size} @ {r.gemm.size}x{r.gemm.size}, "
-                 f"{r.gemm.gflops:.1f} GFLOP/s (median of {r.gemm.repeats})")
+    for probe in (r.gemm, r.gemm_openvino):
+        if probe:
+            lines.append(f"{probe.label}: {probe.size}x{probe.size} @ {probe.size}x{probe.size}, "
+                         f"{probe.gflops:.1f} GFLOP/s (median of {probe.repeats})")
+    ratio = unet_vs_gemm(r)
+    if ratio is not None:
+        lines.append(f"UNet effective rate: {ratio:.2f}x the {r.gemm_openvino.label.replace(' probe', '')}")
     lines.append(f"machine: {m['cpu']}, {m['logical_cores']} logical cores; openvino {m['openvino']}, "
                  f"onnxruntime {m['onnxruntime']}, sdcpu {engine.__version__}")
     return "\n".join(lines)

@@ -20,7 +20,7 @@ runner = CliRunner()
 
 TOP_KEYS = {"model", "format", "precision", "width", "height", "guidance", "runs", "warmup", "compile_cache",
             "sdcpu_version", "machine", "gemm_probe", "compile_s", "first_call_s", "warm_total_s", "memory",
-            "unet_flops", "fits", "rows"}
+            "unet_flops", "fits", "rows", "gemm_probe_openvino", "unet_vs_openvino_gemm"}
 MACHINE_KEYS = {"cpu", "logical_cores", "openvino", "onnxruntime", "numpy", "python"}
 GEMM_KEYS = {"label", "size", "repeats", "seconds_median", "gflops"}
 MEMORY_KEYS = {"peak_rss_mib", "current_rss_mib"}
@@ -69,6 +69,10 @@ def test_json_has_every_field(bench_run, fmt):
     assert (data["runs"], data["warmup"], data["guidance"]) == (3, 1, 7.5)
     assert [row["steps"] for row in data["rows"]] == [1, 6]
     assert data["gemm_probe"]["label"] == "numpy fp32 GEMM probe" and data["gemm_probe"]["gflops"] > 0
+    assert set(data["gemm_probe_openvino"]) == GEMM_KEYS and data["gemm_probe_openvino"]["gflops"] > 0
+    assert data["gemm_probe_openvino"]["label"] == "OpenVINO bf16 GEMM probe"
+    best = max(row["unet_tflops"] for row in data["rows"])
+    assert data["unet_vs_openvino_gemm"] == pytest.approx(best * 1e3 / data["gemm_probe_openvino"]["gflops"])
     assert data["memory"]["peak_rss_mib"] >= data["memory"]["current_rss_mib"] * 0.99 > 0
     assert data["compile_s"] > 0 and data["first_call_s"] > 0 and data["warm_total_s"] > 0
 
