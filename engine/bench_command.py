@@ -12,8 +12,7 @@ import typer
 from engine.atomic import atomic_write
 from engine.bench_plot import write_plot
 from engine.bench_report import (LatencyReport, UnetFlops, gemm_probe, machine_info, memory_usage, openvino_gemm_probe,
-                                 report_json,
-                                 report_text)
+                                 report_json, report_text)
 from engine.errors import UserError
 from engine.flops import count_macs_by_op
 from engine.latency import LATENCY_PROMPT, measure_latency
