@@ -19,7 +19,7 @@ from engine.pipeline import Pipeline, Request
 from engine.pngmeta import GenerationParams, save_png
 from engine.preview import check_preview_options, preview_kind, preview_paths, preview_writer
 from engine.reproduce import Options, merge_from_png, png_params
-from models.registry import DEFAULT_MODEL, FAMILIES, step_advice
+from models.registry import DEFAULT_MODEL, model_guidance, model_size, model_steps, step_advice
 
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_inv_fmt}]"
 
@@ -28,10 +28,7 @@ def build_request(pipe: Pipeline, prompt: str, negative_prompt: str, steps, guid
                   width, height, scheduler, batch: int) -> Request:
     """Options left out take the family's defaults and the model's native size and scheduler."""
     m = pipe.manifest
-    family = FAMILIES[m.family]
-    default_steps = m.default_steps or family.default_steps
-    default_guidance = family.default_guidance if m.default_guidance is None else m.default_guidance
-    default_w, default_h = (m.static_shape["width"], m.static_shape["height"]) if m.static_shape else m.default_size
+    default_w, default_h = model_size(m)
     try:
         resolved_seed = resolve_seed(seed)
     except ValueError as exc:
@@ -39,8 +36,8 @@ def build_request(pipe: Pipeline, prompt: str, negative_prompt: str, steps, guid
     return Request(
         prompt=prompt,
         negative_prompt=negative_prompt,
-        steps=default_steps if steps is None else steps,
-        guidance=default_guidance if guidance is None else guidance,
+        steps=model_steps(m) if steps is None else steps,
+        guidance=model_guidance(m) if guidance is None else guidance,
         seed=resolved_seed,
         width=default_w if width is None else width,
         height=default_h if height is None else height,

@@ -9,7 +9,7 @@ from pathlib import Path
 from engine.errors import UserError
 from engine.manifest import MANIFEST_NAME, Manifest, load_manifest
 from engine.markdown import markdown_table
-from models.registry import FAMILIES, SHAPES_MODEL_DIR
+from models.registry import FAMILIES, SHAPES_MODEL_DIR, model_guidance, model_size, model_steps
 
 MODELS_ENV = "SDCPU_MODELS"
 DEFAULT_MODELS_DIR = Path("~/sdcpu-models")
@@ -25,17 +25,15 @@ class LocalModel:
 
     @property
     def steps(self) -> int:
-        return self.manifest.default_steps or FAMILIES[self.manifest.family].default_steps
+        return model_steps(self.manifest)
 
     @property
     def guidance(self) -> float:
-        g = self.manifest.default_guidance
-        return FAMILIES[self.manifest.family].default_guidance if g is None else g
+        return model_guidance(self.manifest)
 
     @property
     def size(self) -> tuple[int, int]:
-        static = self.manifest.static_shape
-        return (static["width"], static["height"]) if static else tuple(self.manifest.default_size)
+        return model_size(self.manifest)
 
 
 def search_dirs() -> list[Path]:

@@ -51,14 +51,13 @@ def collect_inputs(model_dir: Path, prompts: list[str], samples: int, size: tupl
     from tqdm import tqdm
 
     from engine.pipeline import Pipeline, Request
-    from models.registry import FAMILIES
+    from models.registry import model_guidance, model_steps
 
     if samples < 1:
         raise UserError(f"--calibration-samples must be at least 1 (got {samples})")
     pipe = Pipeline.load(model_dir, compile_cache=False)
-    family = FAMILIES[pipe.manifest.family]
-    steps = min(pipe.manifest.default_steps or family.default_steps, MAX_STEPS_PER_PROMPT)
-    guidance = family.default_guidance if pipe.manifest.default_guidance is None else pipe.manifest.default_guidance
+    steps = min(model_steps(pipe.manifest), MAX_STEPS_PER_PROMPT)
+    guidance = model_guidance(pipe.manifest)
     recorded = {"unet": [], "vae_decoder": []}
     chosen = spread(prompts, math.ceil(samples / steps))
     log(f"  calibration: {samples} UNet calls from {len(chosen)} prompts x {steps} steps at {size[0]}x{size[1]}")

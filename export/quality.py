@@ -21,12 +21,11 @@ def image_psnr_db(reference: np.ndarray, test: np.ndarray) -> float:
 
 def _render(model_dir: Path, size: tuple[int, int], steps: int | None) -> tuple[np.ndarray, int]:
     from engine.pipeline import Pipeline, Request
-    from models.registry import FAMILIES
+    from models.registry import model_guidance, model_steps
 
     pipe = Pipeline.load(model_dir, compile_cache=False)
-    family = FAMILIES[pipe.manifest.family]
-    steps = steps or min(pipe.manifest.default_steps or family.default_steps, MAX_QUALITY_STEPS)
-    guidance = family.default_guidance if pipe.manifest.default_guidance is None else pipe.manifest.default_guidance
+    steps = steps or min(model_steps(pipe.manifest), MAX_QUALITY_STEPS)
+    guidance = model_guidance(pipe.manifest)
     request = Request(prompt=QUALITY_PROMPT, negative_prompt="", steps=steps, guidance=guidance,
                       seed=QUALITY_SEED, width=size[0], height=size[1], sampler=pipe.default_sampler())
     image = pipe.generate(request).images[0]

@@ -92,6 +92,23 @@ def family(name: str) -> Family:
         raise KeyError(f"unknown model family {name!r}; known: {', '.join(FAMILIES)}") from None
 
 
+def model_steps(manifest) -> int:
+    """Default steps of an exported model: its manifest's own (e.g. the shapes model's), else its family's."""
+    return manifest.default_steps or FAMILIES[manifest.family].default_steps
+
+
+def model_guidance(manifest) -> float:
+    """Default guidance of an exported model: its manifest's own (0 counts), else its family's."""
+    g = manifest.default_guidance
+    return FAMILIES[manifest.family].default_guidance if g is None else g
+
+
+def model_size(manifest) -> tuple[int, int]:
+    """Native (width, height) of an exported model: its static shape if it has one, else its config's size."""
+    static = manifest.static_shape
+    return (static["width"], static["height"]) if static else tuple(manifest.default_size)
+
+
 def step_advice(family_name: str, steps: int) -> str | None:
     """One line when `steps` lies outside the range the family was trained or tuned for, else None."""
     entry = FAMILIES.get(family_name)
