@@ -27,7 +27,7 @@ from engine.local_models import resolve_model
 from engine.noise import SEED_LIMIT, resolve_seed
 from engine.pipeline import Pipeline, Request
 from engine.pngmeta import PARAMETERS_KEY, format_number, quote, save_png
-from models.registry import FAMILIES
+from models.registry import FAMILIES, model_steps
 
 MAX_CELLS = 64
 
@@ -72,7 +72,7 @@ def default_steps(pipe: Pipeline) -> list[int]:
     """The family's low, default and high step counts (their midpoint when the default is an end)."""
     family = FAMILIES[pipe.manifest.family]
     low, high = family.useful_steps
-    values = {low, high, pipe.manifest.default_steps or family.default_steps}
+    values = {low, high, model_steps(pipe.manifest)}
     if len(values) < 3:
         values.add((low + high) // 2)
     return sorted(values)
