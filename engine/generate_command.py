@@ -72,10 +72,9 @@ def _advance(bar: tqdm, step: int, total: int) -> None:
         bar.close()
 
 
-def progress_bar(steps: int) -> tqdm:
+def progress_bar(steps: int, desc: str = "denoising") -> tqdm:
     """Steps done, s/step and the time left (ETA) on stderr."""
-    return tqdm(total=steps, desc="denoising", unit="step", file=typer.get_text_stream("stderr"),
-                bar_format=BAR_FORMAT)
+    return tqdm(total=steps, desc=desc, unit="step", file=typer.get_text_stream("stderr"), bar_format=BAR_FORMAT)
 
 
 def _report_timings(result, steps: int) -> None:

@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 import typer
 from PIL import Image, PngImagePlugin
-from tqdm import tqdm
 
 import engine
 from engine.atomic import atomic_write
 from engine.bench_command import parse_ints
 from engine.contact_sheet import Layout, contact_sheet, sheet_layout
 from engine.errors import UserError
-from engine.generate_command import BAR_FORMAT, build_request, default_model, params_for
+from engine.generate_command import build_request, default_model, params_for, progress_bar
 from engine.local_models import resolve_model
 from engine.noise import SEED_LIMIT, resolve_seed
 from engine.pipeline import Pipeline, Request
@@ -156,7 +155,7 @@ def render(pipe: Pipeline, rows: list[list[Request]]) -> tuple[list[list[np.ndar
     images = [[None] * len(row) for row in rows]
     seconds = [[0.0] * len(row) for row in rows]
     total = sum(request.steps for row in rows for request in row)
-    with tqdm(total=total, desc="grid", unit="step", file=typer.get_text_stream("stderr"), bar_format=BAR_FORMAT) as bar:
+    with progress_bar(total, "grid") as bar:
         for r, c in render_order(pipe, rows):
             request = rows[r][c]
             conditioning = conditionings[pipe.uses_cfg(request.guidance)]
