@@ -20,7 +20,7 @@ import numpy as np
 import engine
 from engine.flops import COUNTERS
 from engine.latency import LATENCY_COLUMNS, LatencyRow, latency_cells
-from engine.markdown import markdown_table
+from engine.markdown import markdown_table, plural
 
 GEMM_LABEL = "numpy fp32 GEMM probe"
 MIB = 1024 * 1024
@@ -246,11 +246,6 @@ def size_text(mib: float | None) -> str:
     if mib is None:
         return "n/a"
     return f"{mib / 1024:.2f} GiB" if mib >= 1024 else f"{mib:.0f} MiB"
-
-
-def plural(count: int, noun: str) -> str:
-    """'1 run', '3 runs'."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def report_text(report: LatencyReport) -> str:

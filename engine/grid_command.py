@@ -23,6 +23,7 @@ from engine.contact_sheet import Layout, contact_sheet, sheet_layout
 from engine.errors import UserError
 from engine.generate_command import build_request, default_model, params_for, progress_bar
 from engine.local_models import resolve_model
+from engine.markdown import plural
 from engine.noise import SEED_LIMIT, resolve_seed
 from engine.pipeline import Pipeline, Request
 from engine.pngmeta import PARAMETERS_KEY, format_number, quote, save_png
@@ -77,10 +78,6 @@ def default_steps(pipe: Pipeline) -> list[int]:
     return sorted(values)
 
 
-def column_label(steps: int) -> str:
-    return f"{steps} step" if steps == 1 else f"{steps} steps"
-
-
 def row_label(seed: int, guidance: float, several_guidances: bool) -> str:
     return f"seed {seed}, cfg {format_number(guidance)}" if several_guidances else f"seed {seed}"
 
@@ -89,10 +86,6 @@ def single_path(output: Path, request: Request, several_guidances: bool) -> Path
     """OUTPUT's folder / <stem>-s<steps>-seed<seed>[-g<guidance>].png."""
     guidance = f"-g{format_number(request.guidance)}" if several_guidances else ""
     return output.with_name(f"{output.stem}-s{request.steps}-seed{request.seed}{guidance}.png")
-
-
-def plural(count: int, word: str) -> str:
-    return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
 def encode_once(pipe: Pipeline, requests: list[Request]) -> dict[bool, dict[str, np.ndarray]]:
@@ -204,7 +197,7 @@ def run_grid(prompt: str, model: str | Path | None = None, steps: str | None = N
     singles = [save_png(single_path(output, request, several), image, params_for(pipe, request, request.seed))
                for row, row_images in zip(rows, images) for request, image in zip(row, row_images)]
     row_labels = [row_label(row[0].seed, row[0].guidance, several) for row in rows]
-    column_labels = [column_label(request.steps) for request in rows[0]]
+    column_labels = [plural(request.steps, "step") for request in rows[0]]
     captions = [[f"{s:.1f} s" for s in row] for row in seconds]
     save_sheet(output, contact_sheet(images, row_labels, column_labels, captions), grid_infotext(rows, pipe))
     layout = sheet_layout(len(rows), len(column_labels), rows[0][0].width, rows[0][0].height,

@@ -1,4 +1,4 @@
-"""Markdown tables for the reports that bench, quality and parity tools print."""
+"""Text for the reports that bench, grid, quality and parity tools print: markdown tables, counted nouns."""
 
 from __future__ import annotations
 
@@ -13,6 +13,11 @@ def table_header(columns: list[str]) -> str:
 def table_row(cells: Iterable[object]) -> str:
     """One row; cells are already formatted."""
     return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 run', '3 runs'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def markdown_table(columns: list[str], rows: Iterable[Iterable[object]]) -> str:
