@@ -55,7 +55,7 @@ def machine_info() -> dict:
 
 @dataclass(frozen=True)
 class GemmProbe:
-    """Median seconds and GFLOP/s of a size x size @ size x size float32 matmul in numpy."""
+    """Median seconds and GFLOP/s of a size x size @ size x size float32 matmul (numpy, or OpenVINO)."""
 
     label: str
     size: int
@@ -64,18 +64,26 @@ class GemmProbe:
     gflops: float
 
 
-def gemm_probe(size: int = 1024, repeats: int = 5) -> GemmProbe:
-    """Time numpy's fp32 matmul (one untimed call first) and report the median's GFLOP/s."""
-    rng = np.random.default_rng(0)
-    a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
-    a @ b
+def median_seconds(call, repeats: int) -> float:
+    """One untimed call (warm caches, lazy compilation), then the median of `repeats` timed calls."""
+    call()
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
-        a @ b
+        call()
         seconds.append(time.perf_counter() - start)
-    median = statistics.median(seconds)
-    return GemmProbe(GEMM_LABEL, size, repeats, median, 2 * size**3 / median / 1e9)
+    return statistics.median(seconds)
+
+
+def gemm_result(label: str, size: int, repeats: int, median: float) -> GemmProbe:
+    return GemmProbe(label, size, repeats, median, 2 * size**3 / median / 1e9)
+
+
+def gemm_probe(size: int = 1024, repeats: int = 5) -> GemmProbe:
+    """Time numpy's fp32 matmul and report the median's GFLOP/s."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
+    return gemm_result(GEMM_LABEL, size, repeats, median_seconds(lambda: a @ b, repeats))
 
 
 def openvino_gemm_probe(size: int = 2048, repeats: int = 5, precision: str = "bf16") -> GemmProbe:
@@ -90,14 +98,8 @@ def openvino_gemm_probe(size: int = 2048, repeats: int = 5, precision: str = "bf
                                        {"INFERENCE_PRECISION_HINT": precision})
     request = compiled.create_infer_request()
     x = rng.standard_normal((size, size), dtype=np.float32)
-    request.infer({0: x})
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        request.infer({0: x})
-        seconds.append(time.perf_counter() - start)
-    median = statistics.median(seconds)
-    return GemmProbe(f"OpenVINO {precision} GEMM probe", size, repeats, median, 2 * size**3 / median / 1e9)
+    median = median_seconds(lambda: request.infer({0: x}), repeats)
+    return gemm_result(f"OpenVINO {precision} GEMM probe", size, repeats, median)
 
 
 def current_rss_mib(status: Path = Path("/proc/self/status")) -> float | None:
