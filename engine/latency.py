@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.markdown import markdown_table
 from engine.pipeline import Pipeline, Request
 
 LATENCY_PROMPT = "a photo of a cat"
@@ -127,7 +126,3 @@ def latency_cells(r: LatencyRow) -> list:
     return [r.sampler, r.steps, r.runs, f"{r.text_encoder:.4f}", f"{r.step_median:.4f}", f"{r.step_min:.4f}",
             f"{r.step_p90:.4f}", f"{r.vae_decoder:.4f}", f"{r.total_median:.3f}", f"{r.first_call:.3f}"]
 
-
-def latency_table(rows: list[LatencyRow]) -> str:
-    """A markdown table of the rows: seconds per component, UNet s/step median, min, p90, per image."""
-    return markdown_table(LATENCY_COLUMNS, map(latency_cells, rows))
