@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import typer
 
@@ -25,7 +26,7 @@ def ask(text: str, default, value_type=str):
     return typer.prompt(text, default=default, type=value_type, err=True)
 
 
-def choose_model(current: str | None) -> str:
+def choose_model(current: str | None) -> Path:
     """List the local models by number; the answer is a number, a name or a folder."""
     models = find_models()
     if current is None and not models:
@@ -38,15 +39,14 @@ def choose_model(current: str | None) -> str:
     bundled = next((str(n) for n, m in enumerate(models, start=1) if m.path.resolve() == DEFAULT_MODEL.resolve()), "1")
     answer = ask("Model (number, name or folder)", current or bundled)
     if answer.isdigit() and 1 <= int(answer) <= len(models):
-        return str(models[int(answer) - 1].path)
-    return str(resolve_model(answer))
+        return models[int(answer) - 1].path
+    return resolve_model(answer)
 
 
 def ask_options(given: Options) -> Options:
     """Fill model, prompt, steps and seed from the terminal, showing each default."""
     require_terminal()
-    model = choose_model(given.model)
-    path = resolve_model(model)
+    path = choose_model(given.model)
     local = LocalModel(name=path.name, path=path, manifest=load_manifest(path))
     low, high = FAMILIES[local.manifest.family].useful_steps
     prompt = ask("Prompt", given.prompt)
