@@ -18,6 +18,7 @@ from engine.errors import UserError
 from engine.manifest import ComponentEntry
 
 BACKENDS = ("openvino", "onnx")
+INFERENCE_PRECISIONS = ("auto", "f32", "bf16")
 Runner = Callable[[dict], dict[str, np.ndarray]]
 
 
@@ -33,11 +34,12 @@ class Graph:
     """One compiled component: `graph(**inputs)` gives its first output, `graph.run` all of them."""
 
     def __init__(self, name: str, entry: ComponentEntry, run: Runner,
-                 reshape: Callable[[dict[str, tuple]], Runner] | None = None):
+                 reshape: Callable[[dict[str, tuple]], Runner] | None = None, properties: dict | None = None):
         self.name = name
         self.entry = entry
         self._run = run
         self._reshape = reshape
+        self.properties = properties or {}
         self.calls = 0
 
     def run(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
@@ -85,9 +87,10 @@ def _fits(shape, declared: list) -> bool:
 
 
 def openvino_config(precision: str, cache_dir: Path | None, inference_precision: str | None = None) -> dict:
-    """fp32 models infer in f32 (OpenVINO on AMX/AVX512-BF16 CPUs picks bf16 by default); cache dir if given."""
+    """fp32 models infer in f32 (OpenVINO on AMX/AVX512-BF16 CPUs picks bf16 by default) unless told; cache dir if given."""
     config = {}
-    hint = inference_precision or ("f32" if precision == "fp32" else None)
+    explicit = inference_precision not in (None, "auto")
+    hint = inference_precision if explicit else ("f32" if precision == "fp32" else None)
     if hint:
         config["INFERENCE_PRECISION_HINT"] = hint
     if cache_dir is not None:
@@ -117,7 +120,18 @@ def load_openvino(path: Path, name: str, entry: ComponentEntry, config: dict) ->
         model.reshape({key: ov.PartialShape(list(shape)) for key, shape in shapes.items()})
         return runner(core.compile_model(model, "CPU", config))
 
-    return Graph(name, entry, runner(core.compile_model(str(path), "CPU", config)), reshape)
+    compiled = core.compile_model(str(path), "CPU", config)
+    return Graph(name, entry, runner(compiled), reshape, openvino_properties(compiled))
+
+
+def openvino_properties(compiled) -> dict:
+    """The settings a compiled model actually runs with: precision, threads, streams, performance hint."""
+    return {
+        "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
+        "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
+        "streams": int(compiled.get_property("NUM_STREAMS")),
+        "performance_hint": str(compiled.get_property("PERFORMANCE_HINT")),
+    }
 
 
 def load_onnxruntime(path: Path, name: str, entry: ComponentEntry) -> Graph:
@@ -128,7 +142,9 @@ def load_onnxruntime(path: Path, name: str, entry: ComponentEntry) -> Graph:
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = list(entry.outputs)
-    return Graph(name, entry, lambda feeds: dict(zip(names, session.run(names, feeds))))
+    properties = {"inference_precision": "as exported", "threads": options.intra_op_num_threads or "all cores",
+                  "streams": 1, "performance_hint": "none"}
+    return Graph(name, entry, lambda feeds: dict(zip(names, session.run(names, feeds))), properties=properties)
 
 
 def _short_reason(exc: Exception) -> str:
@@ -136,6 +152,17 @@ def _short_reason(exc: Exception) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     useful = [line for line in lines if not line.startswith(("Exception from", "Check '"))]
     return (useful or lines or [type(exc).__name__])[-1]
+
+
+def check_inference_precision(value: str | None, fmt: str) -> None:
+    """Only OpenVINO takes an inference precision hint; ONNX Runtime computes in the exported precision."""
+    if value in (None, "auto"):
+        return
+    if value not in INFERENCE_PRECISIONS:
+        raise UserError(f"unknown inference precision {value!r}; choose one of {', '.join(INFERENCE_PRECISIONS)}")
+    if fmt != "openvino":
+        raise UserError(f"--inference-precision {value} needs an OpenVINO model (ONNX Runtime computes in the "
+                        "precision the model was exported in)")
 
 
 def load_graph(folder: Path, name: str, entry: ComponentEntry, fmt: str, precision: str,
@@ -148,6 +175,7 @@ def load_graph(folder: Path, name: str, entry: ComponentEntry, fmt: str, precisi
     }
     if fmt not in loaders:
         raise UserError(f"unknown backend {fmt!r}; choose one of {', '.join(BACKENDS)}")
+    check_inference_precision(inference_precision, fmt)
     try:
         return loaders[fmt]()
     except Exception as exc:  # any backend failure to read a file means a corrupt model folder

@@ -161,7 +161,7 @@ def run_latency(pipe: Pipeline, model: Path, steps_list, samplers, guidance, run
         model=str(model), format=pipe.manifest.format, precision=pipe.manifest.precision, width=first.width,
         height=first.height, guidance=first.guidance, runs=runs, warmup=warmup, compile_cache=compile_cache,
         compile_s=compile_s, rows=rows, flops=unet_flops(pipe, first), memory=memory, gemm=gemm,
-        machine=machine_info(), gemm_openvino=gemm_openvino,
+        machine=machine_info(), gemm_openvino=gemm_openvino, runtime=pipe.runtime_properties(),
     )
     typer.echo(report_text(report))
     write_outputs(report, json_path, plot_path)
@@ -169,7 +169,8 @@ def run_latency(pipe: Pipeline, model: Path, steps_list, samplers, guidance, run
 
 def run_bench(model: Path, steps: str, schedulers: str | None, prompts: int | None, prompt_file: Path | None,
               seeds: str, guidance: float | None, runs: int, json_path: Path | None, quality: bool,
-              compile_cache: bool = True, warmup: int = 1, plot_path: Path | None = None) -> None:
+              compile_cache: bool = True, warmup: int = 1, plot_path: Path | None = None,
+              inference_precision: str | None = None) -> None:
     """Check every option, load the model once, then time it or evaluate it."""
     steps_list = parse_ints(steps, "--steps", 1)
     seed_list = parse_ints(seeds, "--seeds", 0, SEED_LIMIT)
@@ -184,7 +185,7 @@ def run_bench(model: Path, steps: str, schedulers: str | None, prompts: int | No
     check_output(json_path, "--json")
     check_output(plot_path, "--plot", ".png")
     started = time.perf_counter()
-    pipe = Pipeline.load(resolve_model(model), compile_cache=compile_cache)
+    pipe = Pipeline.load(resolve_model(model), compile_cache=compile_cache, inference_precision=inference_precision)
     compile_s = time.perf_counter() - started
     if names is None:
         names = [pipe.default_sampler()]

@@ -199,6 +199,7 @@ class LatencyReport:
     gemm: GemmProbe
     machine: dict
     gemm_openvino: GemmProbe | None = None
+    runtime: dict[str, dict] = field(default_factory=dict)
 
 
 def report_json(report: LatencyReport) -> dict:
@@ -211,7 +212,7 @@ def report_json(report: LatencyReport) -> dict:
         gemm_probe_openvino=asdict(report.gemm_openvino) if report.gemm_openvino else None,
         unet_vs_openvino_gemm=unet_vs_gemm(report),
         compile_s=report.compile_s, first_call_s=first.first_call, warm_total_s=first.total_median,
-        memory=report.memory, unet_flops=asdict(report.flops) if report.flops else None,
+        memory=report.memory, runtime=report.runtime, unet_flops=asdict(report.flops) if report.flops else None,
         fits=[asdict(fit) for fit in fit_totals(report.rows)],
         rows=[{**asdict(row), **row_compute(row, report.flops)} for row in report.rows],
     )
@@ -250,6 +251,12 @@ def size_text(mib: float | None) -> str:
     return f"{mib / 1024:.2f} GiB" if mib >= 1024 else f"{mib:.0f} MiB"
 
 
+def runtime_text(unet: dict) -> str:
+    """How the UNet was compiled to run: compute precision, threads, streams, performance hint."""
+    return (f"UNet compute: {unet['inference_precision']}, threads {unet['threads']}, "
+            f"streams {unet['streams']}, performance hint {unet['performance_hint']}")
+
+
 def report_text(report: LatencyReport) -> str:
     """The tables and summary lines printed on stdout."""
     r, first, m = report, report.rows[0], report.machine
@@ -270,6 +277,8 @@ def report_text(report: LatencyReport) -> str:
     ratio = unet_vs_gemm(r)
     if ratio is not None:
         lines.append(f"UNet effective rate: {ratio:.2f}x the {r.gemm_openvino.label.replace(' probe', '')}")
+    if "unet" in r.runtime:
+        lines.append(runtime_text(r.runtime["unet"]))
     lines.append(f"machine: {m['cpu']}, {m['logical_cores']} logical cores; openvino {m['openvino']}, "
                  f"onnxruntime {m['onnxruntime']}, sdcpu {engine.__version__}")
     return "\n".join(lines)

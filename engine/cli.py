@@ -108,6 +108,7 @@ def generate(
     preview_every: Optional[int] = typer.Option(None, "--preview-every", help="Every K steps, write the current denoised estimate as OUTPUT-stepNNN.png."),
     preview: str = typer.Option("linear", "--preview", help="Preview kind: linear (a fixed latent-to-RGB map per family, no VAE call, nearly free) or vae (the real decoder, one VAE call per preview)."),
     compile_cache: bool = typer.Option(True, "--compile-cache/--no-compile-cache", help="Keep OpenVINO's compiled graphs in $SDCPU_CACHE_DIR (default ~/.cache/sdcpu/openvino) so the next start is fast."),
+    inference_precision: Optional[str] = typer.Option(None, "--inference-precision", help="OpenVINO models (default auto, or what --from recorded): auto (fp32 exports compute in f32, exactly; fp16/int8 ones in the CPU's fastest type, bf16 on AVX512-BF16/AMX CPUs), bf16 (about 2x faster UNet and 3x faster VAE than f32 on such CPUs; images differ slightly, see bench/RESULTS.md) or f32."),
 ):
     """Generate images from PROMPT with an exported model.
 
@@ -120,7 +121,7 @@ def generate(
         prompt=prompt, model=model, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
         seed=seed, width=width, height=height, scheduler=scheduler, batch=batch, output=output,
         compile_cache=compile_cache, from_image=from_image, interactive=interactive,
-        preview_every=preview_every, preview=preview,
+        preview_every=preview_every, preview=preview, inference_precision=inference_precision,
     )
 
 
@@ -168,6 +169,7 @@ def grid(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="euler, euler-a, ddim, dpm++2m, dpm++2m-karras, lcm, pndm. Default: the one the model's scheduler config names."),
     output: Path = typer.Option(Path("grid.png"), "--output", "-o", help="Contact sheet PNG; each cell is also written beside it as STEM-s<steps>-seed<seed>[-g<guidance>].png with its parameters."),
     compile_cache: bool = typer.Option(True, "--compile-cache/--no-compile-cache", help="Keep OpenVINO's compiled graphs in $SDCPU_CACHE_DIR (default ~/.cache/sdcpu/openvino) so the next start is fast."),
+    inference_precision: str = typer.Option("auto", "--inference-precision", help="OpenVINO models: auto (fp32 exports compute in f32, exactly; fp16/int8 ones in the CPU's fastest type, bf16 on AVX512-BF16/AMX CPUs), bf16 (about 2x faster UNet and 3x faster VAE than f32 on such CPUs; images differ slightly, see bench/RESULTS.md) or f32."),
 ):
     """Render PROMPT for every step count x seed x guidance (at most 64 cells) as a labelled contact sheet.
 
@@ -179,6 +181,7 @@ def grid(
     run_grid(
         prompt=prompt, model=model, steps=steps, seeds=seeds, guidance=guidance, negative_prompt=negative_prompt,
         width=width, height=height, scheduler=scheduler, output=output, compile_cache=compile_cache,
+        inference_precision=inference_precision,
     )
 
 
@@ -219,6 +222,7 @@ def bench(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file: every timing, compile time, memory, FLOPs, linear fit, GEMM probe and machine."),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="Timing: draw seconds per image vs steps for text encoder, UNet, VAE and total to this .png file."),
     compile_cache: bool = typer.Option(True, "--compile-cache/--no-compile-cache", help="Use OpenVINO's compile cache."),
+    inference_precision: str = typer.Option("auto", "--inference-precision", help="OpenVINO models: auto (fp32 exports compute in f32, exactly; fp16/int8 ones in the CPU's fastest type, bf16 on AVX512-BF16/AMX CPUs), bf16 (about 2x faster UNet and 3x faster VAE than f32 on such CPUs; images differ slightly, see bench/RESULTS.md) or f32."),
 ):
     """Time text encoder, UNet per step, VAE and total over step counts and schedulers, or with --quality score the shapes model.
 
@@ -228,7 +232,8 @@ def bench(
 
     run_bench(model=model, steps=steps, schedulers=schedulers, prompts=prompts, prompt_file=prompt_file,
               seeds=seeds, guidance=guidance, runs=runs, json_path=json_path, quality=quality,
-              compile_cache=compile_cache, warmup=warmup, plot_path=plot_path)
+              compile_cache=compile_cache, warmup=warmup, plot_path=plot_path,
+              inference_precision=inference_precision)
 
 
 @app.command()

@@ -14,6 +14,7 @@ from engine.atomic import atomic_write
 from engine.errors import UserError
 from engine.interactive import ask_options
 from engine.local_models import resolve_model
+from engine.manifest import load_manifest
 from engine.noise import resolve_seed
 from engine.pipeline import Pipeline, Request
 from engine.pngmeta import GenerationParams, save_png
@@ -61,7 +62,7 @@ def params_for(pipe: Pipeline, request: Request, seed: int) -> GenerationParams:
         prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
         sampler=request.sampler, guidance=request.guidance, seed=seed, width=request.width,
         height=request.height, model=pipe.folder.resolve().name, model_family=m.family, backend=m.format,
-        precision=m.precision, sdcpu_version=engine.__version__,
+        precision=m.precision, sdcpu_version=engine.__version__, inference_precision=pipe.inference_precision,
     )
 
 
@@ -108,6 +109,13 @@ def default_model() -> Path:
     return DEFAULT_MODEL
 
 
+def _precision_for(folder: Path, chosen: str | None, given: str | None) -> str | None:
+    """The inference precision to ask for; one recorded in a PNG is dropped for an ONNX model, which cannot take it."""
+    if chosen is not None and given is None and load_manifest(folder).format != "openvino":
+        return None
+    return chosen
+
+
 def _model_named_in_png(name: str, image: Path) -> str:
     try:
         return str(resolve_model(name))
@@ -147,13 +155,16 @@ def run_generate(prompt: str | None = None, model=None, negative_prompt: str | N
                  guidance=None, seed: int | None = None, width=None, height=None, scheduler=None, batch: int = 1,
                  output: Path = Path("sdcpu.png"), compile_cache: bool = True, from_image: Path | None = None,
                  interactive: bool = False, preview_every: int | None = None,
-                 preview: str = "linear") -> list[Path]:
+                 preview: str = "linear", inference_precision: str | None = None) -> list[Path]:
     """Resolve options (--from, terminal), load, generate with a progress bar, write one PNG per image."""
     check_preview_options(preview_every, preview)
     given = Options(prompt=prompt, negative_prompt=negative_prompt, model=None if model is None else str(model),
-                    steps=steps, guidance=guidance, seed=seed, width=width, height=height, scheduler=scheduler)
+                    steps=steps, guidance=guidance, seed=seed, width=width, height=height, scheduler=scheduler,
+                    inference_precision=inference_precision)
     o = resolve_options(given, from_image, interactive)
-    pipe = Pipeline.load(resolve_model(o.model), compile_cache=compile_cache)
+    folder = resolve_model(o.model)
+    pipe = Pipeline.load(folder, compile_cache=compile_cache,
+                         inference_precision=_precision_for(folder, o.inference_precision, inference_precision))
     request = build_request(pipe, o.prompt, o.negative_prompt or "", o.steps, o.guidance,
                             -1 if o.seed is None else o.seed, o.width, o.height, o.scheduler, batch)
     pipe.validate(request)

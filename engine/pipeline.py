@@ -90,6 +90,16 @@ class Pipeline:
                 folder, name, entry, manifest.format, manifest.precision, cache_dir, inference_precision)
         return cls(folder, manifest, graphs, tokenizers, config)
 
+    @property
+    def inference_precision(self) -> str:
+        """The precision OpenVINO computes the UNet in (f32, bf16); empty for ONNX Runtime."""
+        value = self.unet.properties.get("inference_precision", "")
+        return value if self.manifest.format == "openvino" else ""
+
+    def runtime_properties(self) -> dict[str, dict]:
+        """Each graph's compiled settings (precision, threads, streams, performance hint)."""
+        return {name: dict(graph.properties) for name, graph in self.graphs().items()}
+
     def graphs(self) -> dict[str, Graph]:
         encoders = dict(zip(("text_encoder", "text_encoder_2"), self.text_encoders))
         return {**encoders, "unet": self.unet, "vae_decoder": self.vae_decoder}

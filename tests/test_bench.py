@@ -20,7 +20,8 @@ runner = CliRunner()
 
 TOP_KEYS = {"model", "format", "precision", "width", "height", "guidance", "runs", "warmup", "compile_cache",
             "sdcpu_version", "machine", "gemm_probe", "compile_s", "first_call_s", "warm_total_s", "memory",
-            "unet_flops", "fits", "rows", "gemm_probe_openvino", "unet_vs_openvino_gemm"}
+            "unet_flops", "fits", "rows", "gemm_probe_openvino", "unet_vs_openvino_gemm", "runtime"}
+RUNTIME_KEYS = {"inference_precision", "threads", "streams", "performance_hint"}
 MACHINE_KEYS = {"cpu", "logical_cores", "openvino", "onnxruntime", "numpy", "python"}
 GEMM_KEYS = {"label", "size", "repeats", "seconds_median", "gflops"}
 MEMORY_KEYS = {"peak_rss_mib", "current_rss_mib"}
@@ -75,6 +76,10 @@ def test_json_has_every_field(bench_run, fmt):
     assert data["unet_vs_openvino_gemm"] == pytest.approx(best * 1e3 / data["gemm_probe_openvino"]["gflops"])
     assert data["memory"]["peak_rss_mib"] >= data["memory"]["current_rss_mib"] * 0.99 > 0
     assert data["compile_s"] > 0 and data["first_call_s"] > 0 and data["warm_total_s"] > 0
+    assert set(data["runtime"]) == {"text_encoder", "unet", "vae_decoder"}
+    assert all(set(graph) == RUNTIME_KEYS for graph in data["runtime"].values())
+    expected = "f32" if fmt == "openvino" else "as exported"
+    assert data["runtime"]["unet"]["inference_precision"] == expected
 
 
 @pytest.mark.parametrize("fmt", ["openvino", "onnx"])

@@ -1,0 +1,80 @@
+"""Speed options keep images within their stated tolerance, are recorded in the PNG, and re-run exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from engine.cli import app
+from engine.pngmeta import params_from_text, read_parameters
+
+runner = CliRunner()
+PROMPT = "two small yellow triangles on a white background"
+BF16_MIN_PSNR_DB = 35.0
+
+
+def cpu_has_bf16() -> bool:
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def psnr(a: Path, b: Path) -> float:
+    x, y = (np.asarray(Image.open(p), dtype=np.float64) for p in (a, b))
+    mse = float(np.mean((x - y) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def generate(*args):
+    result = runner.invoke(app, ["generate", PROMPT, "--seed", "3", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def recorded(path) -> str:
+    return params_from_text(read_parameters(path)).inference_precision
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU computes bf16 in f32 (no AVX512-BF16/AMX)")
+def test_bf16_stays_within_tolerance_and_reruns_exactly(tmp_path):
+    exact, fast, again = tmp_path / "f32.png", tmp_path / "bf16.png", tmp_path / "again.png"
+    generate("-o", exact)
+    generate("--inference-precision", "bf16", "-o", fast)
+    assert (recorded(exact), recorded(fast)) == ("f32", "bf16")
+    assert BF16_MIN_PSNR_DB <= psnr(exact, fast) < float("inf")
+    runner.invoke(app, ["generate", "--from", str(fast), "-o", str(again)])
+    assert again.read_bytes() == fast.read_bytes()
+
+
+def test_auto_keeps_fp32_exports_exact(tmp_path):
+    auto, exact = tmp_path / "auto.png", tmp_path / "f32.png"
+    generate("-o", auto)
+    generate("--inference-precision", "f32", "-o", exact)
+    assert recorded(auto) == "f32" and auto.read_bytes() == exact.read_bytes()
+
+
+def test_onnx_refuses_a_precision_hint(tiny_exports, tmp_path):
+    result = runner.invoke(app, ["generate", "x", "--model", str(tiny_exports["sd15", "onnx"]), "--steps", "2",
+                                 "--inference-precision", "bf16", "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "needs an OpenVINO model" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_onnx_rerun_of_an_openvino_png_drops_its_precision(tiny_exports, tmp_path):
+    first, second = tmp_path / "ov.png", tmp_path / "onnx.png"
+    common = ["--steps", "2", "--seed", "5", "--width", "64", "--height", "64"]
+    result = runner.invoke(app, ["generate", "x", "--model", str(tiny_exports["sd15", "openvino"]), *common,
+                                 "-o", str(first)])
+    assert result.exit_code == 0 and recorded(first) == "f32", result.output
+    result = runner.invoke(app, ["generate", "--from", str(first), "--model", str(tiny_exports["sd15", "onnx"]),
+                                 "-o", str(second)])
+    assert result.exit_code == 0, result.output
+    assert recorded(second) == ""
+
+
+def test_unknown_precision_is_one_line(tmp_path):
+    result = runner.invoke(app, ["generate", PROMPT, "--inference-precision", "fp8", "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "unknown inference precision 'fp8'" in result.output
