@@ -1,0 +1,30 @@
+"""bench peer adapter: sdcpu's own runtime (OpenVINO or ONNX Runtime, by the export's format)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def versions() -> dict[str, str]:
+    import onnxruntime
+    import openvino
+
+    import engine
+
+    return {"sdcpu": engine.__version__, "openvino": openvino.get_version(), "onnxruntime": onnxruntime.__version__}
+
+
+def load(folder: Path, settings: dict):
+    """An sdcpu export, compiled without the compile cache (so load time is comparable with the peers')."""
+    from engine.pipeline import Pipeline, Request
+
+    pipe = Pipeline.load(folder, compile_cache=False, inference_precision=settings.get("inference_precision"))
+    sampler = pipe.default_sampler()
+
+    def generate(steps: int, seed: int, on_step):
+        request = Request(prompt=settings["prompt"], negative_prompt=settings.get("negative_prompt", ""),
+                          steps=steps, guidance=settings["guidance"], seed=seed, width=settings["width"],
+                          height=settings["height"], sampler=sampler)
+        return pipe.generate(request, on_step=lambda i, n: on_step(i)).images[0]
+
+    return generate

@@ -1,0 +1,161 @@
+"""Turn bench/peers.py's JSON files into bench/RESULTS.md (one table per family) and a bar chart.
+
+    python bench/peers_report.py WORK/sd15-peers.json WORK/lcm-peers.json ... [--out bench/RESULTS.md]
+
+Per peer, medians over rounds: seconds per step (slope of wall time between the two timed step
+counts), seconds per image at the family's headline step count, load, first image, peak RSS, and
+PSNR of its image against diffusers fp32's (same weights, seed and steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from engine.markdown import markdown_table  # noqa: E402
+
+HEADLINE_STEPS = {"sd15": 20, "lcm": 4, "sdxl-turbo": 1}
+BASELINE = "sdcpu-bf16"
+REFERENCE = "diffusers-fp32"
+
+
+def slope(run: dict) -> float:
+    """Seconds per step: wall-time difference between the two step counts over their difference."""
+    (a, b) = run["rows"][0], run["rows"][-1]
+    return (b["total_s"] - a["total_s"]) / (b["steps"] - a["steps"])
+
+
+def image_seconds(run: dict, steps: int) -> tuple[float, bool]:
+    """Wall time of one image at `steps`: measured if timed, else extrapolated along the slope (flag True)."""
+    for row in run["rows"]:
+        if row["steps"] == steps:
+            return row["total_s"], False
+    first = run["rows"][0]
+    return first["total_s"] + (steps - first["steps"]) * slope(run), True
+
+
+def psnr(path_a: str | None, path_b: str | None) -> float | None:
+    if not path_a or not path_b or not Path(path_a).is_file() or not Path(path_b).is_file():
+        return None
+    a, b = (np.asarray(Image.open(p).convert("RGB"), dtype=np.float64) for p in (path_a, path_b))
+    if a.shape != b.shape:
+        return None
+    mse = float(np.mean((a - b) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def summarise(data: dict) -> list[dict]:
+    """One dict per peer with the medians over its successful rounds (errors kept as text)."""
+    steps = HEADLINE_STEPS[data["family"]]
+    reference = next((r.get("image") for r in data["runs"] if r["peer"] == REFERENCE and "error" not in r), None)
+    rows = []
+    for name in data["peers"]:
+        runs = [r for r in data["runs"] if r["peer"] == name]
+        good = [r for r in runs if "error" not in r]
+        if not good:
+            rows.append({"peer": name, "error": runs[0]["error"] if runs else "not run"})
+            continue
+        per_image = [image_seconds(r, steps) for r in good]
+        rows.append({
+            "peer": name, "versions": good[0]["versions"], "rounds": len(good),
+            "s_per_step": statistics.median(slope(r) for r in good),
+            "image_s": statistics.median(s for s, _ in per_image), "extrapolated": per_image[0][1],
+            "load_s": statistics.median(r["load_s"] for r in good),
+            "first_image_s": statistics.median(r["first_image_s"] for r in good),
+            "peak_rss_gib": max(r["peak_rss_mib"] for r in good) / 1024,
+            "psnr_db": None if name == REFERENCE else psnr(good[0].get("image"), reference),
+        })
+    return rows
+
+
+def ratio(value: float, base: dict | None, key: str) -> str:
+    if base is None or "error" in base:
+        return "n/a"
+    return f"{value / base[key]:.2f}x"
+
+
+def family_section(data: dict) -> str:
+    rows = summarise(data)
+    base = next((r for r in rows if r["peer"] == BASELINE), None)
+    s, steps = data["settings"], HEADLINE_STEPS[data["family"]]
+    columns = ["peer", "s/step", "s/step vs sdcpu-bf16", f"image at {steps} steps (s)", "image vs sdcpu-bf16",
+               "load s", "first 1-step image s", "peak RSS GiB", "PSNR vs diffusers fp32 (dB)"]
+    cells = []
+    for r in rows:
+        if "error" in r:
+            cells.append([r["peer"], "failed: " + r["error"].replace("|", "/")] + [""] * (len(columns) - 2))
+            continue
+        db = "reference" if r["peer"] == REFERENCE else ("n/a" if r["psnr_db"] is None else f"{r['psnr_db']:.1f}")
+        cells.append([r["peer"], f"{r['s_per_step']:.2f}", ratio(r["s_per_step"], base, "s_per_step"),
+                      f"{r['image_s']:.1f}{' (fit)' if r['extrapolated'] else ''}", ratio(r["image_s"], base, "image_s"),
+                      f"{r['load_s']:.1f}", f"{r['first_image_s']:.1f}", f"{r['peak_rss_gib']:.2f}", db])
+    probes = data["gemm_probe_gflops"]
+    lines = [
+        f"## {data['family']}: {s['width']}x{s['height']}, guidance {s['guidance']:g}, prompt \"{s['prompt']}\"",
+        "",
+        f"Timed step counts {data['steps']}, {data['rounds']} rounds, peers interleaved (order rotates per round). "
+        f"OpenVINO bf16 GEMM probe before each peer: {min(probes):.0f}-{max(probes):.0f} GFLOP/s "
+        f"(median {statistics.median(probes):.0f}). Ratios above 1x mean slower than sdcpu-bf16.",
+        "",
+        markdown_table(columns, cells),
+        "",
+        "Versions: " + "; ".join(f"{r['peer']}: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items())
+                                 for r in rows if "versions" in r),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def draw_chart(datas: list[dict], path: Path) -> None:
+    """Horizontal bars of seconds per step, one group per family, the sdcpu bars first."""
+    groups = [(d["family"], [r for r in summarise(d) if "error" not in r]) for d in datas]
+    bar, gap, left, width = 22, 30, 170, 900
+    height = sum(gap + bar * len(rows) for _, rows in groups) + gap
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    y = gap
+    for family, rows in groups:
+        draw.text((10, y - 18), f"{family}: seconds per step", fill="black")
+        top = max((r["s_per_step"] for r in rows), default=1.0)
+        for r in rows:
+            length = int((width - left - 80) * r["s_per_step"] / top)
+            colour = (40, 110, 200) if r["peer"].startswith("sdcpu") else (170, 170, 170)
+            draw.text((10, y + 5), r["peer"], fill="black")
+            draw.rectangle([left, y + 3, left + length, y + bar - 3], fill=colour)
+            draw.text((left + length + 6, y + 5), f"{r['s_per_step']:.2f} s", fill="black")
+            y += bar
+        y += gap
+    image.save(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", nargs="+", type=Path, help="FAMILY-peers.json files from bench/peers.py")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "RESULTS.md")
+    parser.add_argument("--header", type=Path, default=REPO / "bench" / "RESULTS_HEADER.md",
+                        help="Markdown placed above the tables (machine, method, commands)")
+    args = parser.parse_args()
+    datas = [json.loads(p.read_text()) for p in args.results]
+    kept = args.out.parent / "results"
+    kept.mkdir(exist_ok=True)
+    for path in args.results:
+        shutil.copyfile(path, kept / path.name)
+    draw_chart(datas, kept / "peers.png")
+    header = args.header.read_text() if args.header.is_file() else "# Peer comparison\n"
+    body = "\n".join(family_section(d) for d in datas)
+    args.out.write_text(f"{header}\n{body}\n![seconds per step](results/peers.png)\n")
+    print(f"wrote {args.out} and {kept / 'peers.png'}")
+
+
+if __name__ == "__main__":
+    main()
