@@ -18,7 +18,8 @@ def load(folder: Path, settings: dict):
     """An sdcpu export, compiled without the compile cache (so load time is comparable with the peers')."""
     from engine.pipeline import Pipeline, Request
 
-    pipe = Pipeline.load(folder, compile_cache=False, inference_precision=settings.get("inference_precision"))
+    pipe = Pipeline.load(folder, compile_cache=False, inference_precision=settings.get("inference_precision"),
+                         deepcache=settings.get("deepcache"))
     sampler = pipe.default_sampler()
 
     def generate(steps: int, seed: int, on_step):

@@ -48,6 +48,10 @@ def peer_table(optimum_python: str | None) -> dict[str, Peer]:
     return {p.name: p for p in (
         Peer("sdcpu-bf16", "sdcpu", "ov", {"inference_precision": "bf16"}),
         Peer("sdcpu-f32", "sdcpu", "ov", {"inference_precision": "f32"}),
+        Peer("sdcpu-bf16-deepcache3", "sdcpu", "ov", {"inference_precision": "bf16", "deepcache": 3}),
+        Peer("sdcpu-fp16", "sdcpu", "ov-fp16"),
+        Peer("sdcpu-int8", "sdcpu", "ov-int8"),
+        Peer("sdcpu-int8-hybrid", "sdcpu", "ov-hybrid"),
         Peer("sdcpu-onnx", "sdcpu", "onnx"),
         Peer("openvino-genai", "genai", "optimum"),
         Peer("optimum-intel", "optimum", "optimum", python=optimum_python),
@@ -65,20 +69,28 @@ def run_logged(command: list[str], log: Path) -> None:
         sys.exit(f"failed ({code}): {' '.join(command)}\n" + "\n".join(log.read_text().splitlines()[-15:]))
 
 
+EXPORTS = {  # folder kind -> (folder suffix, extra `sdcpu export` options)
+    "ov": ("fp32-ov", ["--deepcache"]),
+    "ov-fp16": ("fp16-ov", ["--precision", "fp16"]),
+    "ov-int8": ("int8-ov", ["--precision", "int8"]),
+    "ov-hybrid": ("int8-hybrid-ov", ["--precision", "int8", "--quant", "hybrid"]),
+    "onnx": ("fp32-onnx", ["--format", "onnx"]),
+}
+
+
 def model_folders(family: str, work: Path, kinds: set[str]) -> dict[str, str]:
-    """Export what the chosen peers load, once per work folder: OpenVINO fp32, ONNX fp32, optimum layout."""
+    """Export what the chosen peers load, once per work folder (sdcpu exports, then the optimum layout)."""
     sdcpu = [sys.executable, "-m", "engine.cli", "export", "--random-weights", family, "--no-quality-check"]
     folders = {"random": f"random-weights:{family}"}
+    for kind in sorted(kinds | ({"ov"} if "optimum" in kinds else set())):
+        if kind not in EXPORTS:
+            continue
+        suffix, options = EXPORTS[kind]
+        folder = work / f"{family}-{suffix}"
+        if not (folder / "manifest.json").is_file():
+            run_logged([*sdcpu, *options, str(folder)], work / f"{family}-export-{suffix}.log")
+        folders[kind] = str(folder)
     ov = work / f"{family}-fp32-ov"
-    if kinds & {"ov", "optimum"}:
-        if not (ov / "manifest.json").is_file():
-            run_logged([*sdcpu, str(ov)], work / f"{family}-export-ov.log")
-        folders["ov"] = str(ov)
-    if "onnx" in kinds:
-        onnx = work / f"{family}-fp32-onnx"
-        if not (onnx / "manifest.json").is_file():
-            run_logged([*sdcpu, "--format", "onnx", str(onnx)], work / f"{family}-export-onnx.log")
-        folders["onnx"] = str(onnx)
     if "optimum" in kinds:
         layout = work / f"{family}-optimum"
         if not (layout / "model_index.json").is_file():
@@ -95,9 +107,9 @@ def settings_for(family: str) -> dict:
             "guidance": f.default_guidance, "prompt": PROMPT, "negative_prompt": ""}
 
 
-def run_peer(peer: Peer, folder: str, settings: dict, steps: str, work: Path, round_index: int) -> dict:
+def run_peer(peer: Peer, folder: str, settings: dict, steps: str, work: Path, round_index: int, tag: str) -> dict:
     """One worker process; its JSON, or the error's last line."""
-    stem = work / f"{settings['family']}-{peer.name}-r{round_index}"
+    stem = work / f"{settings['family']}{tag}-{peer.name}-r{round_index}"
     command = [peer.python or sys.executable, str(REPO / "bench" / "peer_worker.py"), "--peer", peer.adapter,
                "--folder", folder, "--settings", json.dumps({**settings, **peer.settings}), "--steps", steps,
                "--image", f"{stem}.png", "--out", f"{stem}.json"]
@@ -122,6 +134,7 @@ def main() -> None:
     parser.add_argument("--peers", default="all", help="comma-separated names, or all: " +
                         ", ".join(peer_table(None)))
     parser.add_argument("--steps", default=None, help="two step counts to time (default per family)")
+    parser.add_argument("--tag", default="", help="name this run: results go to WORK/FAMILY-TAG-peers.json")
     parser.add_argument("--optimum-python", default=str(REPO / "bench" / ".venv-optimum" / "bin" / "python"),
                         help="interpreter of the venv bench/setup_optimum_venv.sh builds")
     args = parser.parse_args()
@@ -138,6 +151,7 @@ def main() -> None:
     folders = model_folders(args.family, args.work, {table[n].folder for n in names})
     settings = settings_for(args.family)
     steps = args.steps or STEP_COUNTS[args.family]
+    tag = f"-{args.tag}" if args.tag else ""
 
     runs, probes = [], []
     for round_index in range(args.rounds):
@@ -145,12 +159,12 @@ def main() -> None:
         for name in order:
             probes.append(openvino_gemm_probe().gflops)
             peer = table[name]
-            result = run_peer(peer, folders[peer.folder], settings, steps, args.work, round_index)
+            result = run_peer(peer, folders[peer.folder], settings, steps, args.work, round_index, tag)
             result["round"] = round_index
             runs.append(result)
             print(summary_line(result), flush=True)
-    out = args.work / f"{args.family}-peers.json"
-    out.write_text(json.dumps({"family": args.family, "settings": settings, "steps": steps, "rounds": args.rounds,
+    out = args.work / f"{args.family}{tag}-peers.json"
+    out.write_text(json.dumps({"family": args.family, "tag": args.tag, "settings": settings, "steps": steps, "rounds": args.rounds,
                                "peers": names, "machine": machine_info(), "gemm_probe_gflops": probes,
                                "runs": runs}, indent=2) + "\n")
     print(f"wrote {out}")

@@ -101,7 +101,7 @@ def family_section(data: dict) -> str:
                       f"{r['load_s']:.1f}", f"{r['first_image_s']:.1f}", f"{r['peak_rss_gib']:.2f}", db])
     probes = data["gemm_probe_gflops"]
     lines = [
-        f"## {data['family']}: {s['width']}x{s['height']}, guidance {s['guidance']:g}, prompt \"{s['prompt']}\"",
+        f"## {data['family']}{' (' + data['tag'] + ')' if data.get('tag') else ''}: {s['width']}x{s['height']}, guidance {s['guidance']:g}, prompt \"{s['prompt']}\"",
         "",
         f"Timed step counts {data['steps']}, {data['rounds']} rounds, peers interleaved (order rotates per round). "
         f"OpenVINO bf16 GEMM probe before each peer: {min(probes):.0f}-{max(probes):.0f} GFLOP/s "
