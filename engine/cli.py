@@ -66,6 +66,7 @@ def export(
     calibration_samples: int = typer.Option(32, "--calibration-samples", help="UNet calls recorded for int8 calibration."),
     quality_check: bool = typer.Option(True, "--quality-check/--no-quality-check", help="fp16/int8: render one image with fp32 and the export and print the PSNR."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT_DIR if it already holds something."),
+    deepcache: bool = typer.Option(False, "--deepcache", help="Also export DeepCache graphs (a full UNet that returns its deep features, and the shallow branch that reuses them), for `generate --deepcache N`."),
 ):
     """Export an SD1.5, LCM, SDXL or SDXL-Turbo model to a self-describing sdcpu model folder.
 
@@ -84,7 +85,7 @@ def export(
         fmt=format, precision=precision, quant=quant, width=width, height=height, batch=batch,
         random_weights=random_weights, family=family, config=config, lora=lora, lora_scale=lora_scale,
         lcm_lora=lcm_lora, calibration_prompts=calibration_prompts, calibration_samples=calibration_samples,
-        quality_check=quality_check, overwrite=overwrite,
+        quality_check=quality_check, overwrite=overwrite, deepcache=deepcache,
     )
     export_model(source, out_dir, options, log=typer.echo)
 
@@ -109,6 +110,7 @@ def generate(
     preview: str = typer.Option("linear", "--preview", help="Preview kind: linear (a fixed latent-to-RGB map per family, no VAE call, nearly free) or vae (the real decoder, one VAE call per preview)."),
     compile_cache: bool = typer.Option(True, "--compile-cache/--no-compile-cache", help="Keep OpenVINO's compiled graphs in $SDCPU_CACHE_DIR (default ~/.cache/sdcpu/openvino) so the next start is fast."),
     inference_precision: Optional[str] = typer.Option(None, "--inference-precision", help="OpenVINO models (default auto, or what --from recorded): auto (fp32 exports compute in f32, exactly; fp16/int8 ones in the CPU's fastest type, bf16 on AVX512-BF16/AMX CPUs), bf16 (about 2x faster UNet and 3x faster VAE than f32 on such CPUs; images differ slightly, see bench/RESULTS.md) or f32."),
+    deepcache: Optional[int] = typer.Option(None, "--deepcache", help="DeepCache every N: run the full UNet on every N-th call and only its outermost branch, on the cached deep features, in between (about 2x faster cached calls; images change, see bench/RESULTS.md). Needs an export made with --deepcache. Default: off."),
 ):
     """Generate images from PROMPT with an exported model.
 
@@ -121,7 +123,7 @@ def generate(
         prompt=prompt, model=model, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
         seed=seed, width=width, height=height, scheduler=scheduler, batch=batch, output=output,
         compile_cache=compile_cache, from_image=from_image, interactive=interactive,
-        preview_every=preview_every, preview=preview, inference_precision=inference_precision,
+        preview_every=preview_every, preview=preview, inference_precision=inference_precision, deepcache=deepcache,
     )
 
 
@@ -170,6 +172,7 @@ def grid(
     output: Path = typer.Option(Path("grid.png"), "--output", "-o", help="Contact sheet PNG; each cell is also written beside it as STEM-s<steps>-seed<seed>[-g<guidance>].png with its parameters."),
     compile_cache: bool = typer.Option(True, "--compile-cache/--no-compile-cache", help="Keep OpenVINO's compiled graphs in $SDCPU_CACHE_DIR (default ~/.cache/sdcpu/openvino) so the next start is fast."),
     inference_precision: str = typer.Option("auto", "--inference-precision", help="OpenVINO models: auto (fp32 exports compute in f32, exactly; fp16/int8 ones in the CPU's fastest type, bf16 on AVX512-BF16/AMX CPUs), bf16 (about 2x faster UNet and 3x faster VAE than f32 on such CPUs; images differ slightly, see bench/RESULTS.md) or f32."),
+    deepcache: Optional[int] = typer.Option(None, "--deepcache", help="DeepCache every N: run the full UNet on every N-th call and only its outermost branch, on the cached deep features, in between (about 2x faster cached calls; images change, see bench/RESULTS.md). Needs an export made with --deepcache. Default: off."),
 ):
     """Render PROMPT for every step count x seed x guidance (at most 64 cells) as a labelled contact sheet.
 
@@ -181,7 +184,7 @@ def grid(
     run_grid(
         prompt=prompt, model=model, steps=steps, seeds=seeds, guidance=guidance, negative_prompt=negative_prompt,
         width=width, height=height, scheduler=scheduler, output=output, compile_cache=compile_cache,
-        inference_precision=inference_precision,
+        inference_precision=inference_precision, deepcache=deepcache,
     )
 
 
@@ -223,6 +226,7 @@ def bench(
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="Timing: draw seconds per image vs steps for text encoder, UNet, VAE and total to this .png file."),
     compile_cache: bool = typer.Option(True, "--compile-cache/--no-compile-cache", help="Use OpenVINO's compile cache."),
     inference_precision: str = typer.Option("auto", "--inference-precision", help="OpenVINO models: auto (fp32 exports compute in f32, exactly; fp16/int8 ones in the CPU's fastest type, bf16 on AVX512-BF16/AMX CPUs), bf16 (about 2x faster UNet and 3x faster VAE than f32 on such CPUs; images differ slightly, see bench/RESULTS.md) or f32."),
+    deepcache: Optional[int] = typer.Option(None, "--deepcache", help="DeepCache every N: run the full UNet on every N-th call and only its outermost branch, on the cached deep features, in between (about 2x faster cached calls; images change, see bench/RESULTS.md). Needs an export made with --deepcache. Default: off."),
 ):
     """Time text encoder, UNet per step, VAE and total over step counts and schedulers, or with --quality score the shapes model.
 
@@ -233,7 +237,7 @@ def bench(
     run_bench(model=model, steps=steps, schedulers=schedulers, prompts=prompts, prompt_file=prompt_file,
               seeds=seeds, guidance=guidance, runs=runs, json_path=json_path, quality=quality,
               compile_cache=compile_cache, warmup=warmup, plot_path=plot_path,
-              inference_precision=inference_precision)
+              inference_precision=inference_precision, deepcache=deepcache)
 
 
 @app.command()

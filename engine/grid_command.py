@@ -180,12 +180,12 @@ def notes(pipe: Pipeline, rows: list[list[Request]], random_seed: bool) -> None:
 def run_grid(prompt: str, model: str | Path | None = None, steps: str | None = None, seeds: str | None = None,
              guidance: str | None = None, negative_prompt: str = "", width=None, height=None, scheduler=None,
              output: Path = Path("grid.png"), compile_cache: bool = True,
-             inference_precision: str | None = None) -> GridResult:
+             inference_precision: str | None = None, deepcache: int | None = None) -> GridResult:
     """Check the lists, load the model, render every cell, write the singles and the labelled sheet."""
     started = time.perf_counter()
     steps_list, seed_list, guidances = parse_lists(steps, seeds, guidance)
     pipe = Pipeline.load(resolve_model(model) if model else default_model(), compile_cache=compile_cache,
-                         inference_precision=inference_precision)
+                         inference_precision=inference_precision, deepcache=deepcache)
     steps_list = steps_list or default_steps(pipe)
     seed_list = seed_list or [resolve_seed(-1)]
     check_cell_count(len(steps_list) * len(seed_list) * len(guidances))

@@ -17,6 +17,7 @@ import numpy as np
 
 from engine.backends import Graph, default_cache_dir, load_graph
 from engine.conditioning import guidance_scale_embedding, sd_conditioning, sdxl_conditioning
+from engine.deepcache import DEEP, SHALLOW, DeepCacheUNet, check_interval, require_graphs
 from engine.denoisers import denoiser_from_eps, denoiser_from_v
 from engine.errors import UserError
 from engine.manifest import Manifest, load_manifest
@@ -71,13 +72,21 @@ class Pipeline:
         self.vae_decoder = graphs["vae_decoder"]
         self.tokenizers = tokenizers
         self.scheduler_config = scheduler_config
+        self.deepcache: int | None = None
 
     @classmethod
-    def load(cls, folder: Path, compile_cache: bool = True, inference_precision: str | None = None) -> "Pipeline":
-        """Check the folder against its manifest, then compile its graphs (OpenVINO: through the compile cache)."""
+    def load(cls, folder: Path, compile_cache: bool = True, inference_precision: str | None = None,
+             deepcache: int | None = None) -> "Pipeline":
+        """Check the folder against its manifest, then compile its graphs (OpenVINO: through the compile cache).
+
+        `deepcache=N` runs the full UNet every N-th call and its shallow branch in between (engine/deepcache.py).
+        """
         folder = Path(folder).expanduser()
         cache_dir = default_cache_dir() if compile_cache else None
         manifest = load_manifest(folder)
+        check_interval(deepcache)
+        if deepcache is not None:
+            require_graphs(manifest.components, folder)
         try:
             config = json.loads((folder / manifest.scheduler_config).read_text())
         except ValueError as exc:
@@ -85,10 +94,16 @@ class Pipeline:
         names = [manifest.tokenizer] + ([manifest.tokenizer_2] if manifest.tokenizer_2 else [])
         tokenizers = [ClipTokenizer.from_folder(folder / name) for name in names]
         graphs = {}
+        skipped = {"unet"} if deepcache is not None else {DEEP, SHALLOW}
         for name, entry in manifest.components.items():
-            graphs[name] = load_graph(
-                folder, name, entry, manifest.format, manifest.precision, cache_dir, inference_precision)
-        return cls(folder, manifest, graphs, tokenizers, config)
+            if name not in skipped:
+                graphs[name] = load_graph(
+                    folder, name, entry, manifest.format, manifest.precision, cache_dir, inference_precision)
+        if deepcache is not None:
+            graphs["unet"] = DeepCacheUNet(graphs.pop(DEEP), graphs.pop(SHALLOW), deepcache)
+        pipe = cls(folder, manifest, graphs, tokenizers, config)
+        pipe.deepcache = deepcache
+        return pipe
 
     @property
     def inference_precision(self) -> str:
@@ -222,6 +237,8 @@ class Pipeline:
         """
         self.validate(request)
         self.fit_static_shapes(request)
+        if hasattr(self.unet, "reset"):
+            self.unet.reset()
         timings = {}
         started = time.perf_counter()
         cfg = self.uses_cfg(request.guidance)

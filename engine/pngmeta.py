@@ -58,6 +58,7 @@ class GenerationParams:
     precision: str = ""
     sdcpu_version: str = ""
     inference_precision: str = ""
+    deepcache: int | None = None
 
     def __post_init__(self):
         if self.sampler not in A1111_SAMPLERS:
@@ -94,7 +95,8 @@ def parameter_items(p: GenerationParams) -> list[tuple[str, str]]:
     items = [("Steps", p.steps), ("Sampler", label), ("Schedule type", schedule),
              ("CFG scale", format_number(p.guidance)), ("Seed", p.seed), ("Size", f"{p.width}x{p.height}"),
              ("Model", p.model), ("sdcpu sampler", p.sampler), ("Backend", p.backend),
-             ("Precision", p.precision), ("Inference precision", p.inference_precision), ("Family", p.model_family),
+             ("Precision", p.precision), ("Inference precision", p.inference_precision),
+             ("DeepCache", p.deepcache or ""), ("Family", p.model_family),
              ("Version", VERSION_PREFIX + p.sdcpu_version if p.sdcpu_version else "")]
     return [(key, str(value)) for key, value in items if str(value) != ""]
 
@@ -169,6 +171,7 @@ def params_from_text(text: str | None) -> GenerationParams:
             width=width, height=height, model=fields.get("Model", ""), model_family=fields.get("Family", ""),
             backend=fields.get("Backend", ""), precision=fields.get("Precision", ""),
             inference_precision=fields.get("Inference precision", ""),
+            deepcache=int(fields["DeepCache"]) if fields.get("DeepCache") else None,
             sdcpu_version=version[len(VERSION_PREFIX):] if version.startswith(VERSION_PREFIX) else "")
     except ValueError as error:
         raise ValueError(f"bad generation parameters: {error}") from None

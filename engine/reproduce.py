@@ -23,6 +23,7 @@ class Options:
     height: int | None = None
     scheduler: str | None = None
     inference_precision: str | None = None
+    deepcache: int | None = None
 
 
 def png_text(path: Path) -> str:
@@ -63,7 +64,7 @@ def merge_from_png(given: Options, recorded: GenerationParams) -> Options:
         prompt=recorded.prompt, negative_prompt=recorded.negative_prompt, model=recorded.model or None,
         steps=recorded.steps, guidance=recorded.guidance, seed=recorded.seed, width=recorded.width,
         height=recorded.height, scheduler=recorded.sampler,
-        inference_precision=recorded.inference_precision or None,
+        inference_precision=recorded.inference_precision or None, deepcache=recorded.deepcache,
     )
     overrides = {name: value for name, value in given.__dict__.items() if value is not None}
     return replace(from_png, **overrides)

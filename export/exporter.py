@@ -133,7 +133,7 @@ def is_sdxl(family: str) -> bool:
     return family.startswith("sdxl")
 
 
-def _spec_makers(src, family: str):
+def _spec_makers(src, family: str, deepcache: bool = False):
     """Build each component's spec on demand, so one torch module is loaded at a time."""
     if is_sdxl(family):
         yield lambda: sdxl_text_encoder_spec("text_encoder", src.load("text_encoder"), with_projection=False)
@@ -141,6 +141,11 @@ def _spec_makers(src, family: str):
     else:
         yield lambda: text_encoder_spec(src.load("text_encoder"))
     yield lambda: unet_spec(src.load("unet"))
+    if deepcache:
+        from export.deepcache import deep_unet_spec, shallow_unet_spec
+
+        yield lambda: deep_unet_spec(src.load("unet"))
+        yield lambda: shallow_unet_spec(src.load("unet"))
     yield lambda: vae_decoder_spec(src.load("vae"))
 
 
@@ -160,7 +165,7 @@ def _peak_rss_gib() -> float:
 def _export_fp32(src, family: str, folder: Path, options: ExportOptions, log: Log):
     """Every component traced and parity-checked at fp32 into `folder`, plus tokenizers, scheduler, manifest."""
     entries, checks = {}, {}
-    for make_spec in _spec_makers(src, family):
+    for make_spec in _spec_makers(src, family, options.deepcache):
         spec = make_spec()
         entries[spec.name], references = _export_component(spec, folder, options.fmt, log)
         checks[spec.name] = (spec, references)

@@ -34,6 +34,7 @@ class ExportOptions:
     calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES
     quality_check: bool = True
     overwrite: bool = False
+    deepcache: bool = False
 
     @property
     def static(self) -> bool:
@@ -52,6 +53,8 @@ class ExportOptions:
                             "(ONNX int8 already quantizes the UNet's convolution activations)")
         if self.family is not None and self.family not in SINGLE_FILE_FAMILIES:
             raise UserError(f"unknown --family {self.family!r}; choose one of {', '.join(SINGLE_FILE_FAMILIES)}")
+        if self.deepcache and self.static:
+            raise UserError("--deepcache does not combine with static shapes (--width/--height/--batch) yet")
         if self.calibration_samples < 1:
             raise UserError(f"--calibration-samples must be at least 1 (got {self.calibration_samples})")
         if self.calibration_prompts is not None and not Path(self.calibration_prompts).is_file():

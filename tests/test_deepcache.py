@@ -1,0 +1,104 @@
+"""DeepCache: exported deep/shallow graphs match PyTorch, every-call reuse equals the plain UNet, errors are one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from engine.cli import app
+from engine.manifest import load_manifest
+from engine.pipeline import Pipeline, Request
+from engine.pngmeta import params_from_text, read_parameters
+from export.exporter import export_model
+
+runner = CliRunner()
+SHAPES_PROMPT = "two small yellow triangles on a white background"
+REPO = Path(__file__).parents[1]
+# Measured on the bundled shapes model, 25 PNDM steps, seed 3: N=2 41.9 dB, N=3 36.0 dB vs the plain UNet.
+MIN_PSNR_DB = {2: 35.0, 3: 30.0}
+
+
+@pytest.fixture(scope="module")
+def deepcache_exports(tiny_sources, tmp_path_factory) -> dict[tuple[str, str], Path]:
+    root = tmp_path_factory.mktemp("deepcache")
+    exports = {}
+    for family, fmt in (("sd15", "openvino"), ("sd15", "onnx"), ("lcm", "openvino"), ("sdxl-turbo", "openvino")):
+        out = root / f"{family}-{fmt}"
+        export_model(str(tiny_sources[family]), out, fmt=fmt, deepcache=True, log=lambda line: None)
+        exports[family, fmt] = out
+    return exports
+
+
+@pytest.fixture(scope="module")
+def shapes_deepcache(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shapes-deepcache") / "shapes-dc"
+    export_model(str(REPO / "models" / "shapes" / "diffusers"), out, deepcache=True, log=lambda line: None)
+    return out
+
+
+def image(pipe: Pipeline, steps: int = 6, sampler: str | None = None) -> np.ndarray:
+    w, h = pipe.manifest.default_size
+    request = Request(prompt="a red cube", negative_prompt="", steps=steps, guidance=pipe.manifest.default_guidance
+                      or 7.5, seed=4, width=min(w, 64), height=min(h, 64), sampler=sampler or pipe.default_sampler())
+    return pipe.generate(request).images[0]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+@pytest.mark.parametrize("key", [("sd15", "openvino"), ("sd15", "onnx"), ("lcm", "openvino"), ("sdxl-turbo", "openvino")])
+def test_graphs_match_pytorch_and_reuse_every_call_is_the_plain_unet(deepcache_exports, key):
+    folder = deepcache_exports[key]
+    components = load_manifest(folder).components
+    assert {"unet_deep", "unet_shallow"} <= set(components)
+    assert all(components[name].parity["psnr_db"] >= 60 for name in ("unet_deep", "unet_shallow"))
+    plain = image(Pipeline.load(folder, compile_cache=False))
+    every_call = Pipeline.load(folder, compile_cache=False, deepcache=1)
+    assert np.array_equal(image(every_call), plain)
+    assert every_call.unet.shallow.calls == 0
+
+
+def test_interval_sets_how_often_the_full_unet_runs(deepcache_exports):
+    pipe = Pipeline.load(deepcache_exports["sd15", "openvino"], compile_cache=False, deepcache=3)
+    image(pipe, steps=7, sampler="euler")
+    assert (pipe.unet.deep.calls, pipe.unet.shallow.calls) == (3, 4)
+    image(pipe, steps=7, sampler="euler")
+    assert (pipe.unet.deep.calls, pipe.unet.shallow.calls) == (6, 8), "each image starts with a full call"
+
+
+@pytest.mark.parametrize("interval", [2, 3])
+def test_quality_cost_on_the_shapes_model(shapes_deepcache, tmp_path, interval):
+    plain, cached = tmp_path / "plain.png", tmp_path / "cached.png"
+    common = ["generate", SHAPES_PROMPT, "--model", str(shapes_deepcache), "--seed", "3"]
+    assert runner.invoke(app, [*common, "-o", str(plain)]).exit_code == 0
+    result = runner.invoke(app, [*common, "--deepcache", str(interval), "-o", str(cached)])
+    assert result.exit_code == 0, result.output
+    a, b = (np.asarray(Image.open(p)) for p in (plain, cached))
+    assert MIN_PSNR_DB[interval] <= psnr(a, b) < float("inf")
+    assert params_from_text(read_parameters(cached)).deepcache == interval
+    again = tmp_path / "again.png"
+    rerun = runner.invoke(app, ["generate", "--from", str(cached), "--model", str(shapes_deepcache), "-o", str(again)])
+    assert rerun.exit_code == 0, rerun.output
+    assert again.read_bytes() == cached.read_bytes()
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--deepcache", "2"], "has no DeepCache graphs; re-export it with `sdcpu export --deepcache`"),
+    (["--deepcache", "0"], "--deepcache must be at least 1"),
+])
+def test_generate_errors_are_one_line(tiny_exports, tmp_path, args, expected):
+    result = runner.invoke(app, ["generate", "x", "--model", str(tiny_exports["sd15", "openvino"]), "--steps", "2",
+                                 *args, "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and expected in result.output and "Traceback" not in result.output
+
+
+def test_export_refuses_deepcache_with_static_shapes(tiny_sources, tmp_path):
+    result = runner.invoke(app, ["export", str(tiny_sources["sd15"]), str(tmp_path / "x"), "--deepcache",
+                                 "--width", "64"])
+    assert result.exit_code == 2 and "--deepcache does not combine with static shapes" in result.output
