@@ -94,7 +94,7 @@ def variants(core, model: Path, int8: Path | None, width: int, height: int):
     if int8:
         m8 = load_manifest(int8)
         c["int8"] = compile_variant(core, int8 / m8.components["unet"].file, "bf16")
-        label = f"UNet {m8.quantization} export, bf16, batch 2"
+        label = f"UNet {m8.quantization.split(':')[0]} int8 export, bf16, batch 2"
         out.append((label, "UNet f32, batch 2", lambda: batch2(c["int8"], feeds)))
     out += [("VAE f32", None, lambda: batch2(c["vae32"], latent)),
             ("VAE bf16", "VAE f32", lambda: batch2(c["vae16"], latent))]

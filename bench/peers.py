@@ -86,6 +86,8 @@ def model_folders(family: str, work: Path, kinds: set[str]) -> dict[str, str]:
         if kind not in EXPORTS:
             continue
         suffix, options = EXPORTS[kind]
+        if family == "sdxl-turbo":  # one step: nothing to reuse, and the extra UNets would cost 20 GB of disk
+            options = [o for o in options if o != "--deepcache"]
         folder = work / f"{family}-{suffix}"
         if not (folder / "manifest.json").is_file():
             run_logged([*sdcpu, *options, str(folder)], work / f"{family}-export-{suffix}.log")

@@ -88,7 +88,7 @@ def family_section(data: dict) -> str:
     rows = summarise(data)
     base = next((r for r in rows if r["peer"] == BASELINE), None)
     s, steps = data["settings"], HEADLINE_STEPS[data["family"]]
-    columns = ["peer", "s/step", "s/step vs sdcpu-bf16", f"image at {steps} steps (s)", "image vs sdcpu-bf16",
+    columns = ["peer", "s/step", "s/step vs sdcpu-bf16", f"image at {steps} step{'' if steps == 1 else 's'} (s)", "image vs sdcpu-bf16",
                "load s", "first 1-step image s", "peak RSS GiB", "PSNR vs diffusers fp32 (dB)"]
     cells = []
     for r in rows:
@@ -109,11 +109,38 @@ def family_section(data: dict) -> str:
         "",
         markdown_table(columns, cells),
         "",
-        "Versions: " + "; ".join(f"{r['peer']}: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items())
-                                 for r in rows if "versions" in r),
+        versions_text(rows),
         "",
     ]
     return "\n".join(lines)
+
+
+def versions_text(rows: list[dict]) -> str:
+    """One line per distinct set of versions, naming the peers that ran with it."""
+    groups: dict[str, list[str]] = {}
+    for r in rows:
+        if "versions" in r:
+            key = ", ".join(f"{k} {v.split('-')[0]}" for k, v in r["versions"].items())
+            groups.setdefault(key, []).append(r["peer"])
+    return "Versions: " + "; ".join(f"{', '.join(peers)}: {key}" for key, peers in groups.items()) + "."
+
+
+def levers_section(data: dict) -> str:
+    """bench/levers.py's table: each lever's median seconds per call, speed-up and output PSNR."""
+    cells = [[r["lever"], f"{r['median_s']:.2f}", f"{r['speedup']:.2f}x",
+              "baseline" if r["psnr_db"] is None else f"{r['psnr_db']:.1f}"] for r in data["rows"]]
+    probes = data["gemm_probe_gflops"]
+    return "\n".join([
+        f"## Levers: one UNet call (CFG, batch 2) and one VAE decode, {data['width']}x{data['height']}",
+        "",
+        f"`python bench/levers.py --model {Path(data['model']).name} --int8 {Path(data['int8']).name} "
+        f"--rounds {data['rounds']}` (SD1.5 architecture). Variants called in turn each round; medians. "
+        f"OpenVINO bf16 GEMM probe {min(probes):.0f}-{max(probes):.0f} GFLOP/s. PSNR of the output against "
+        "the f32 call on the same inputs.",
+        "",
+        markdown_table(["lever", "s/call", "speed-up vs f32", "PSNR vs f32 (dB)"], cells),
+        "",
+    ])
 
 
 def draw_chart(datas: list[dict], path: Path) -> None:
@@ -141,6 +168,7 @@ def draw_chart(datas: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="+", type=Path, help="FAMILY-peers.json files from bench/peers.py")
+    parser.add_argument("--levers", type=Path, action="append", default=[], help="bench/levers.py --json files")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "RESULTS.md")
     parser.add_argument("--header", type=Path, default=REPO / "bench" / "RESULTS_HEADER.md",
                         help="Markdown placed above the tables (machine, method, commands)")
@@ -148,11 +176,12 @@ def main() -> None:
     datas = [json.loads(p.read_text()) for p in args.results]
     kept = args.out.parent / "results"
     kept.mkdir(exist_ok=True)
-    for path in args.results:
+    for path in [*args.results, *args.levers]:
         shutil.copyfile(path, kept / path.name)
     draw_chart(datas, kept / "peers.png")
     header = args.header.read_text() if args.header.is_file() else "# Peer comparison\n"
-    body = "\n".join(family_section(d) for d in datas)
+    body = "\n".join([*(family_section(d) for d in datas),
+                      *(levers_section(json.loads(p.read_text())) for p in args.levers)])
     args.out.write_text(f"{header}\n{body}\n![seconds per step](results/peers.png)\n")
     print(f"wrote {args.out} and {kept / 'peers.png'}")
 
