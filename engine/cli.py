@@ -20,6 +20,18 @@ app = typer.Typer(
 )
 
 
+INFERENCE_PRECISION_HELP = (
+    "OpenVINO models: auto (fp32 exports compute in f32, exactly; fp16/int8 ones in the CPU's fastest type, "
+    "bf16 on AVX512-BF16/AMX CPUs), bf16 (about 1.9x faster UNet and VAE than f32 on such CPUs; images differ "
+    "slightly, see bench/RESULTS.md) or f32."
+)
+DEEPCACHE_HELP = (
+    "DeepCache every N: run the full UNet on every N-th call and only its outermost branch, on the cached deep "
+    "features, in between (N=3: 1.65x faster SD1.5 steps; images change, see bench/RESULTS.md). Needs an export "
+    "made with --deepcache. Default: off."
+)
+
+
 def user_errors(command):
     """Print a UserError as one line and exit 2; Ctrl-C exits 130 without a traceback."""
 
@@ -109,8 +121,8 @@ def generate(
     preview_every: Optional[int] = typer.Option(None, "--preview-every", help="Every K steps, write the current denoised estimate as OUTPUT-stepNNN.png."),
     preview: str = typer.Option("linear", "--preview", help="Preview kind: linear (a fixed latent-to-RGB map per family, no VAE call, nearly free) or vae (the real decoder, one VAE call per preview)."),
     compile_cache: bool = typer.Option(True, "--compile-cache/--no-compile-cache", help="Keep OpenVINO's compiled graphs in $SDCPU_CACHE_DIR (default ~/.cache/sdcpu/openvino) so the next start is fast."),
-    inference_precision: Optional[str] = typer.Option(None, "--inference-precision", help="OpenVINO models (default auto, or what --from recorded): auto (fp32 exports compute in f32, exactly; fp16/int8 ones in the CPU's fastest type, bf16 on AVX512-BF16/AMX CPUs), bf16 (about 2x faster UNet and 3x faster VAE than f32 on such CPUs; images differ slightly, see bench/RESULTS.md) or f32."),
-    deepcache: Optional[int] = typer.Option(None, "--deepcache", help="DeepCache every N: run the full UNet on every N-th call and only its outermost branch, on the cached deep features, in between (about 2x faster cached calls; images change, see bench/RESULTS.md). Needs an export made with --deepcache. Default: off."),
+    inference_precision: Optional[str] = typer.Option(None, "--inference-precision", help="Default auto, or what --from recorded. " + INFERENCE_PRECISION_HELP),
+    deepcache: Optional[int] = typer.Option(None, "--deepcache", help=DEEPCACHE_HELP),
 ):
     """Generate images from PROMPT with an exported model.
 
@@ -171,8 +183,8 @@ def grid(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="euler, euler-a, ddim, dpm++2m, dpm++2m-karras, lcm, pndm. Default: the one the model's scheduler config names."),
     output: Path = typer.Option(Path("grid.png"), "--output", "-o", help="Contact sheet PNG; each cell is also written beside it as STEM-s<steps>-seed<seed>[-g<guidance>].png with its parameters."),
     compile_cache: bool = typer.Option(True, "--compile-cache/--no-compile-cache", help="Keep OpenVINO's compiled graphs in $SDCPU_CACHE_DIR (default ~/.cache/sdcpu/openvino) so the next start is fast."),
-    inference_precision: str = typer.Option("auto", "--inference-precision", help="OpenVINO models: auto (fp32 exports compute in f32, exactly; fp16/int8 ones in the CPU's fastest type, bf16 on AVX512-BF16/AMX CPUs), bf16 (about 2x faster UNet and 3x faster VAE than f32 on such CPUs; images differ slightly, see bench/RESULTS.md) or f32."),
-    deepcache: Optional[int] = typer.Option(None, "--deepcache", help="DeepCache every N: run the full UNet on every N-th call and only its outermost branch, on the cached deep features, in between (about 2x faster cached calls; images change, see bench/RESULTS.md). Needs an export made with --deepcache. Default: off."),
+    inference_precision: str = typer.Option("auto", "--inference-precision", help=INFERENCE_PRECISION_HELP),
+    deepcache: Optional[int] = typer.Option(None, "--deepcache", help=DEEPCACHE_HELP),
 ):
     """Render PROMPT for every step count x seed x guidance (at most 64 cells) as a labelled contact sheet.
 
@@ -225,8 +237,8 @@ def bench(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file: every timing, compile time, memory, FLOPs, linear fit, GEMM probe and machine."),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="Timing: draw seconds per image vs steps for text encoder, UNet, VAE and total to this .png file."),
     compile_cache: bool = typer.Option(True, "--compile-cache/--no-compile-cache", help="Use OpenVINO's compile cache."),
-    inference_precision: str = typer.Option("auto", "--inference-precision", help="OpenVINO models: auto (fp32 exports compute in f32, exactly; fp16/int8 ones in the CPU's fastest type, bf16 on AVX512-BF16/AMX CPUs), bf16 (about 2x faster UNet and 3x faster VAE than f32 on such CPUs; images differ slightly, see bench/RESULTS.md) or f32."),
-    deepcache: Optional[int] = typer.Option(None, "--deepcache", help="DeepCache every N: run the full UNet on every N-th call and only its outermost branch, on the cached deep features, in between (about 2x faster cached calls; images change, see bench/RESULTS.md). Needs an export made with --deepcache. Default: off."),
+    inference_precision: str = typer.Option("auto", "--inference-precision", help=INFERENCE_PRECISION_HELP),
+    deepcache: Optional[int] = typer.Option(None, "--deepcache", help=DEEPCACHE_HELP),
 ):
     """Time text encoder, UNet per step, VAE and total over step counts and schedulers, or with --quality score the shapes model.
 
