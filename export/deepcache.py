@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from export.components import ComponentSpec, unet_spec
+from export.components import ComponentSpec, UNetGraph, unet_spec
 
 FEATURE = "deep_feature"
 
@@ -28,34 +28,21 @@ def _embed(unet, sample, timestep, encoder_hidden_states, named: dict):
     return emb, context
 
 
-class DeepUNetGraph(torch.nn.Module):
+class DeepUNetGraph(UNetGraph):
     """The whole UNet: (sample, timestep, context, *conditioning) -> (model output, deep feature)."""
 
-    def __init__(self, unet, extra_names: list[str]):
-        super().__init__()
-        self.unet = unet
-        self.extra_names = extra_names
-
     def forward(self, sample, timestep, encoder_hidden_states, *extra):
-        named = dict(zip(self.extra_names, extra))
-        added = {k: named[k] for k in ("text_embeds", "time_ids") if k in named}
         captured = []
         hook = self.unet.up_blocks[-2].register_forward_hook(lambda module, args, output: captured.append(output))
         try:
-            out = self.unet(sample, timestep, encoder_hidden_states, timestep_cond=named.get("timestep_cond"),
-                            added_cond_kwargs=added or None, return_dict=False)[0]
+            out = super().forward(sample, timestep, encoder_hidden_states, *extra)
         finally:
             hook.remove()
         return out, captured[0]
 
 
-class ShallowUNetGraph(torch.nn.Module):
+class ShallowUNetGraph(UNetGraph):
     """The outermost skip branch on a cached deep feature: (sample, timestep, context, *conditioning, feature) -> output."""
-
-    def __init__(self, unet, extra_names: list[str]):
-        super().__init__()
-        self.unet = unet
-        self.extra_names = extra_names
 
     def forward(self, sample, timestep, encoder_hidden_states, *extra_and_feature):
         *extra, feature = extra_and_feature
@@ -87,13 +74,18 @@ def _with_features(spec: ComponentSpec, deep: DeepUNetGraph) -> list[dict[str, t
         return [{**inputs, FEATURE: deep(*inputs.values())[1]} for inputs in [spec.inputs, *spec.parity_inputs]]
 
 
+def _with_feature_axis(plain: ComponentSpec) -> dict[str, dict[int, str]]:
+    """The plain UNet's dynamic axes plus the deep feature's (batch and its own spatial size)."""
+    return {**plain.dynamic_axes, FEATURE: {0: "batch", 2: "feature_height", 3: "feature_width"}}
+
+
 def deep_unet_spec(unet) -> ComponentSpec:
     """`unet_deep`: the plain UNet spec with the deep feature as a second output."""
     plain = unet_spec(unet)
     extra = list(plain.inputs)[3:]
-    axes = {**plain.dynamic_axes, FEATURE: {0: "batch", 2: "feature_height", 3: "feature_width"}}
     return ComponentSpec(name="unet_deep", module=DeepUNetGraph(unet, extra).eval(), inputs=plain.inputs,
-                         dynamic_axes=axes, outputs=["out_sample", FEATURE], parity_inputs=plain.parity_inputs)
+                         dynamic_axes=_with_feature_axis(plain), outputs=["out_sample", FEATURE],
+                         parity_inputs=plain.parity_inputs)
 
 
 def shallow_unet_spec(unet) -> ComponentSpec:
@@ -101,6 +93,5 @@ def shallow_unet_spec(unet) -> ComponentSpec:
     plain = unet_spec(unet)
     extra = list(plain.inputs)[3:]
     example, *checks = _with_features(plain, DeepUNetGraph(unet, extra).eval())
-    axes = {**plain.dynamic_axes, FEATURE: {0: "batch", 2: "feature_height", 3: "feature_width"}}
     return ComponentSpec(name="unet_shallow", module=ShallowUNetGraph(unet, extra).eval(), inputs=example,
-                         dynamic_axes=axes, outputs=["out_sample"], parity_inputs=checks)
+                         dynamic_axes=_with_feature_axis(plain), outputs=["out_sample"], parity_inputs=checks)
