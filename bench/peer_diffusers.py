@@ -5,6 +5,8 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
+from peer_common import uint8_image
+
 RANDOM_PREFIX = "random-weights:"
 
 
@@ -51,6 +53,6 @@ def load(folder: Path, settings: dict):
                        guidance_scale=settings["guidance"], width=settings["width"], height=settings["height"],
                        generator=torch.Generator("cpu").manual_seed(seed), output_type="np",
                        callback_on_step_end=callback)
-        return (out.images[0] * 255).round().clip(0, 255).astype("uint8")
+        return uint8_image(out.images[0])
 
     return generate

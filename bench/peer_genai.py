@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from peer_common import pipeline_kwargs
+
 
 def versions() -> dict[str, str]:
     import openvino
@@ -33,21 +35,6 @@ def properties(settings: dict) -> dict:
     return props
 
 
-def generate_kwargs(settings: dict) -> dict:
-    """Size, guidance and prompts as each family's pipeline takes them.
-
-    sd15 (and sdxl): classifier-free guidance with the negative prompt. lcm: the guidance goes into the UNet's
-    guidance embedding (GenAI passes w = guidance - 1, like diffusers) and there is no negative prompt.
-    sdxl-turbo: guidance 0, no negative prompt. GenAI rejects a negative prompt without CFG.
-    """
-    family = settings["family"]
-    guidance = 0.0 if family.startswith("sdxl-turbo") else float(settings["guidance"])
-    kwargs = {"width": int(settings["width"]), "height": int(settings["height"]), "guidance_scale": guidance}
-    if family in ("sd15", "sdxl") and guidance > 1.0 and settings.get("negative_prompt") is not None:
-        kwargs["negative_prompt"] = settings["negative_prompt"]
-    return kwargs
-
-
 def load(folder: Path, settings: dict):
     """Build and compile the pipeline (dynamic shapes, the library default); return generate(steps, seed, on_step).
 
@@ -58,7 +45,7 @@ def load(folder: Path, settings: dict):
     import openvino_genai
 
     pipe = openvino_genai.Text2ImagePipeline(str(folder), "CPU", **properties(settings))
-    kwargs = generate_kwargs(settings)
+    kwargs = pipeline_kwargs(settings)
     prompt = settings["prompt"]
 
     def generate(steps: int, seed: int, on_step):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from peer_common import pipeline_kwargs, uint8_image
+
 PIPELINE_CLASSES = {
     "sd15": "OVStableDiffusionPipeline",
     "lcm": "OVLatentConsistencyModelPipeline",
@@ -43,17 +45,6 @@ def ov_config(settings: dict) -> dict:
     return config
 
 
-def call_kwargs(settings: dict) -> dict:
-    """sd15 (and sdxl): CFG with the negative prompt; lcm: guidance goes to the guidance embedding (the LCM pipeline
-    has no negative prompt); sdxl-turbo: guidance 0, no negative prompt."""
-    family = settings["family"]
-    guidance = 0.0 if family.startswith("sdxl-turbo") else float(settings["guidance"])
-    kwargs = {"width": int(settings["width"]), "height": int(settings["height"]), "guidance_scale": guidance}
-    if family in ("sd15", "sdxl") and guidance > 1.0 and settings.get("negative_prompt") is not None:
-        kwargs["negative_prompt"] = settings["negative_prompt"]
-    return kwargs
-
-
 def load(folder: Path, settings: dict):
     """from_pretrained + compile with the library defaults (dynamic shapes, the folder's scheduler);
     return generate(steps, seed, on_step), which returns the image as an HxWx3 uint8 array (also kept
@@ -66,7 +57,7 @@ def load(folder: Path, settings: dict):
     pipe = cls.from_pretrained(str(folder), device="CPU", ov_config=ov_config(settings), compile=True,
                                export=False, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
-    kwargs = call_kwargs(settings)
+    kwargs = pipeline_kwargs(settings)
     prompt = settings["prompt"]
 
     def generate(steps: int, seed: int, on_step):
@@ -77,7 +68,7 @@ def load(folder: Path, settings: dict):
         with torch.inference_mode():
             out = pipe(prompt, num_inference_steps=int(steps), generator=torch.Generator("cpu").manual_seed(int(seed)),
                        output_type="np", callback_on_step_end=callback, **kwargs)
-        image = (out.images[0] * 255).round().clip(0, 255).astype("uint8")
+        image = uint8_image(out.images[0])
         generate.last_image = image
         return image
 
