@@ -24,13 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.bench_report import machine_info, openvino_gemm_probe  # noqa: E402
 from engine.manifest import load_manifest  # noqa: E402
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR over b's peak-to-peak range (outputs are not images)."""
-    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
-    peak = float(b.max() - b.min())
-    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
+from export.parity import psnr_db  # noqa: E402
 
 
 def compile_variant(core, path: Path, hint: str, static: dict | None = None, streams: int = 1):
@@ -129,7 +123,7 @@ def main() -> None:
         median = statistics.median(seconds[name])
         reference = statistics.median(seconds[base]) if base else median
         rows.append({"lever": name, "median_s": median, "seconds": seconds[name], "speedup": reference / median,
-                     "psnr_db": psnr(outputs[name], outputs[base]) if base else None})
+                     "psnr_db": psnr_db(outputs[base], outputs[name]) if base else None})
         db = "-" if base is None else f"{rows[-1]['psnr_db']:.1f} dB"
         print(f"| {name} | {median:.3f} | {reference / median:.2f}x | {db} |")
     print(f"OpenVINO bf16 GEMM probe: {min(probes):.0f}-{max(probes):.0f} GFLOP/s")

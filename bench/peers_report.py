@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from engine.markdown import markdown_table  # noqa: E402
+from export.quality import image_psnr_db  # noqa: E402
 
 HEADLINE_STEPS = {"sd15": 20, "lcm": 4, "sdxl-turbo": 1}
 BASELINE = "sdcpu-bf16"
@@ -47,11 +48,8 @@ def image_seconds(run: dict, steps: int) -> tuple[float, bool]:
 def psnr(path_a: str | None, path_b: str | None) -> float | None:
     if not path_a or not path_b or not Path(path_a).is_file() or not Path(path_b).is_file():
         return None
-    a, b = (np.asarray(Image.open(p).convert("RGB"), dtype=np.float64) for p in (path_a, path_b))
-    if a.shape != b.shape:
-        return None
-    mse = float(np.mean((a - b) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+    a, b = (np.asarray(Image.open(p).convert("RGB")) for p in (path_a, path_b))
+    return image_psnr_db(b, a) if a.shape == b.shape else None
 
 
 def summarise(data: dict) -> list[dict]:

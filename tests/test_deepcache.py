@@ -14,6 +14,7 @@ from engine.manifest import load_manifest
 from engine.pipeline import Pipeline, Request
 from engine.pngmeta import params_from_text, read_parameters
 from export.exporter import export_model
+from export.quality import image_psnr_db
 
 runner = CliRunner()
 SHAPES_PROMPT = "two small yellow triangles on a white background"
@@ -47,11 +48,6 @@ def image(pipe: Pipeline, steps: int = 6, sampler: str | None = None) -> np.ndar
     return pipe.generate(request).images[0]
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
 @pytest.mark.parametrize("key", [("sd15", "openvino"), ("sd15", "onnx"), ("lcm", "openvino"), ("sdxl-turbo", "openvino")])
 def test_graphs_match_pytorch_and_reuse_every_call_is_the_plain_unet(deepcache_exports, key):
     folder = deepcache_exports[key]
@@ -80,7 +76,7 @@ def test_quality_cost_on_the_shapes_model(shapes_deepcache, tmp_path, interval):
     result = runner.invoke(app, [*common, "--deepcache", str(interval), "-o", str(cached)])
     assert result.exit_code == 0, result.output
     a, b = (np.asarray(Image.open(p)) for p in (plain, cached))
-    assert MIN_PSNR_DB[interval] <= psnr(a, b) < float("inf")
+    assert MIN_PSNR_DB[interval] <= image_psnr_db(a, b) < float("inf")
     assert params_from_text(read_parameters(cached)).deepcache == interval
     again = tmp_path / "again.png"
     rerun = runner.invoke(app, ["generate", "--from", str(cached), "--model", str(shapes_deepcache), "-o", str(again)])

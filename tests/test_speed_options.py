@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from engine.cli import app
 from engine.pngmeta import params_from_text, read_parameters
+from export.quality import image_psnr_db
 
 runner = CliRunner()
 PROMPT = "two small yellow triangles on a white background"
@@ -22,10 +23,8 @@ def cpu_has_bf16() -> bool:
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-def psnr(a: Path, b: Path) -> float:
-    x, y = (np.asarray(Image.open(p), dtype=np.float64) for p in (a, b))
-    mse = float(np.mean((x - y) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+def pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
 
 
 def generate(*args):
@@ -44,7 +43,7 @@ def test_bf16_stays_within_tolerance_and_reruns_exactly(tmp_path):
     generate("-o", exact)
     generate("--inference-precision", "bf16", "-o", fast)
     assert (recorded(exact), recorded(fast)) == ("f32", "bf16")
-    assert BF16_MIN_PSNR_DB <= psnr(exact, fast) < float("inf")
+    assert BF16_MIN_PSNR_DB <= image_psnr_db(pixels(exact), pixels(fast)) < float("inf")
     runner.invoke(app, ["generate", "--from", str(fast), "-o", str(again)])
     assert again.read_bytes() == fast.read_bytes()
 
