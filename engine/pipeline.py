@@ -72,7 +72,6 @@ class Pipeline:
         self.vae_decoder = graphs["vae_decoder"]
         self.tokenizers = tokenizers
         self.scheduler_config = scheduler_config
-        self.deepcache: int | None = None
 
     @classmethod
     def load(cls, folder: Path, compile_cache: bool = True, inference_precision: str | None = None,
@@ -101,9 +100,12 @@ class Pipeline:
                     folder, name, entry, manifest.format, manifest.precision, cache_dir, inference_precision)
         if deepcache is not None:
             graphs["unet"] = DeepCacheUNet(graphs.pop(DEEP), graphs.pop(SHALLOW), deepcache)
-        pipe = cls(folder, manifest, graphs, tokenizers, config)
-        pipe.deepcache = deepcache
-        return pipe
+        return cls(folder, manifest, graphs, tokenizers, config)
+
+    @property
+    def deepcache(self) -> int | None:
+        """The DeepCache interval the UNet runs with; None for the plain UNet."""
+        return getattr(self.unet, "interval", None)
 
     @property
     def inference_precision(self) -> str:
