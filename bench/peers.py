@@ -92,11 +92,10 @@ def model_folders(family: str, work: Path, kinds: set[str]) -> dict[str, str]:
         if not (folder / "manifest.json").is_file():
             run_logged([*sdcpu, *options, str(folder)], work / f"{family}-export-{suffix}.log")
         folders[kind] = str(folder)
-    ov = work / f"{family}-fp32-ov"
     if "optimum" in kinds:
         layout = work / f"{family}-optimum"
         if not (layout / "model_index.json").is_file():
-            run_logged([sys.executable, str(REPO / "bench" / "optimum_layout.py"), str(ov), str(layout)],
+            run_logged([sys.executable, str(REPO / "bench" / "optimum_layout.py"), folders["ov"], str(layout)],
                        work / f"{family}-optimum-layout.log")
         folders["optimum"] = str(layout)
     return folders
@@ -117,8 +116,7 @@ def run_peer(peer: Peer, folder: str, settings: dict, steps: str, work: Path, ro
                "--image", f"{stem}.png", "--out", f"{stem}.json"]
     started = time.perf_counter()
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S,
-                              env=None, cwd=REPO)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, cwd=REPO)
     except subprocess.TimeoutExpired:
         return {"peer": peer.name, "error": f"timed out after {WORKER_TIMEOUT_S} s"}
     if done.returncode:
