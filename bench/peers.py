@@ -52,6 +52,7 @@ def peer_table(optimum_python: str | None) -> dict[str, Peer]:
         Peer("sdcpu-fp16", "sdcpu", "ov-fp16"),
         Peer("sdcpu-int8", "sdcpu", "ov-int8"),
         Peer("sdcpu-int8-hybrid", "sdcpu", "ov-hybrid"),
+        Peer("sdcpu-int8-hybrid-deepcache3", "sdcpu", "ov-hybrid", {"deepcache": 3}),
         Peer("sdcpu-onnx", "sdcpu", "onnx"),
         Peer("openvino-genai", "genai", "optimum"),
         Peer("optimum-intel", "optimum", "optimum", python=optimum_python),
@@ -73,7 +74,7 @@ EXPORTS = {  # folder kind -> (folder suffix, extra `sdcpu export` options)
     "ov": ("fp32-ov", ["--deepcache"]),
     "ov-fp16": ("fp16-ov", ["--precision", "fp16"]),
     "ov-int8": ("int8-ov", ["--precision", "int8"]),
-    "ov-hybrid": ("int8-hybrid-ov", ["--precision", "int8", "--quant", "hybrid"]),
+    "ov-hybrid": ("int8-hybrid-ov", ["--precision", "int8", "--quant", "hybrid", "--deepcache"]),
     "onnx": ("fp32-onnx", ["--format", "onnx"]),
 }
 

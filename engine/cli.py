@@ -26,7 +26,7 @@ INFERENCE_PRECISION_HELP = (
     "slightly, see bench/RESULTS.md) or f32."
 )
 DEEPCACHE_HELP = (
-    "DeepCache every N: run the full UNet on every N-th call and only its outermost branch, on the cached deep "
+    "DeepCache every N: run the full UNet on every N-th call and only its shallowest branch, on the cached deep "
     "features, in between (N=3: 1.65x faster SD1.5 steps; images change, see bench/RESULTS.md). Needs an export "
     "made with --deepcache. Default: off."
 )

@@ -1,7 +1,7 @@
 """DeepCache at run time: the full UNet every N-th call, the shallow branch on its cached features between.
 
 Ma, Fang & Wang, "DeepCache: Accelerating Diffusion Models for Free" (CVPR 2024), uniform 1:N
-schedule at the outermost skip branch. Needs an export made with `sdcpu export --deepcache`.
+schedule at the shallowest skip branch (the paper's branch 0, export/deepcache.py). Needs an export made with `sdcpu export --deepcache`.
 """
 
 from __future__ import annotations

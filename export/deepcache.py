@@ -2,9 +2,10 @@
 
 DeepCache (Ma, Fang & Wang, CVPR 2024) observes that the UNet's high-level features change little
 between adjacent denoising steps. Every N-th UNet call runs the whole network (`unet_deep`) and
-keeps the output of the second-to-last up block; the calls in between run only the outermost
-skip branch (`unet_shallow`: conv_in, the first down block, the last up block, conv_out) on that
-cached feature. With a fresh feature, shallow(x, feature(x)) equals the full UNet exactly.
+keeps the feature entering the last up block's second-to-last layer; the calls in between run only
+the shallowest skip branch (the paper's branch 0, `unet_shallow`: conv_in, the first layer of the
+first down block, the last two layers of the last up block, conv_out) on that cached feature.
+With a fresh feature, shallow(x, feature(x)) equals the full UNet exactly.
 """
 
 from __future__ import annotations
@@ -28,12 +29,32 @@ def _embed(unet, sample, timestep, encoder_hidden_states, named: dict):
     return emb, context
 
 
+def _layer(block, index: int, hidden, emb, context):
+    """Layer `index` of a diffusers down or up block: its ResNet, then its transformer if the block has one."""
+    hidden = block.resnets[index](hidden, emb)
+    if getattr(block, "has_cross_attention", False):
+        hidden = block.attentions[index](hidden, encoder_hidden_states=context, return_dict=False)[0]
+    return hidden
+
+
+def _feature_source(unet):
+    """The module whose output enters the last up block's second-to-last layer."""
+    last = unet.up_blocks[-1]
+    if len(last.resnets) == 2:
+        return unet.up_blocks[-2]
+    return last.attentions[-3] if getattr(last, "has_cross_attention", False) else last.resnets[-3]
+
+
 class DeepUNetGraph(UNetGraph):
     """The whole UNet: (sample, timestep, context, *conditioning) -> (model output, deep feature)."""
 
     def forward(self, sample, timestep, encoder_hidden_states, *extra):
         captured = []
-        hook = self.unet.up_blocks[-2].register_forward_hook(lambda module, args, output: captured.append(output))
+
+        def keep(module, args, output):
+            captured.append(output[0] if isinstance(output, tuple) else output)
+
+        hook = _feature_source(self.unet).register_forward_hook(keep)
         try:
             out = super().forward(sample, timestep, encoder_hidden_states, *extra)
         finally:
@@ -42,7 +63,7 @@ class DeepUNetGraph(UNetGraph):
 
 
 class ShallowUNetGraph(UNetGraph):
-    """The outermost skip branch on a cached deep feature: (sample, timestep, context, *conditioning, feature) -> output."""
+    """Skip branch 0 on a cached deep feature: (sample, timestep, context, *conditioning, feature) -> output."""
 
     def forward(self, sample, timestep, encoder_hidden_states, *extra_and_feature):
         *extra, feature = extra_and_feature
@@ -50,19 +71,11 @@ class ShallowUNetGraph(UNetGraph):
         emb, context = _embed(unet, sample, timestep, encoder_hidden_states, dict(zip(self.extra_names, extra)))
         if unet.config.center_input_sample:
             sample = 2 * sample - 1.0
-        hidden = unet.conv_in(sample)
-        skips = (hidden,)
-        first, last = unet.down_blocks[0], unet.up_blocks[-1]
-        if getattr(first, "has_cross_attention", False):
-            _, residuals = first(hidden_states=hidden, temb=emb, encoder_hidden_states=context)
-        else:
-            _, residuals = first(hidden_states=hidden, temb=emb)
-        skips = (skips + tuple(residuals))[:len(last.resnets)]
-        if getattr(last, "has_cross_attention", False):
-            hidden = last(hidden_states=feature, temb=emb, res_hidden_states_tuple=skips,
-                          encoder_hidden_states=context)
-        else:
-            hidden = last(hidden_states=feature, temb=emb, res_hidden_states_tuple=skips)
+        outer = unet.conv_in(sample)
+        inner = _layer(unet.down_blocks[0], 0, outer, emb, context)
+        hidden = feature
+        for index, skip in ((-2, inner), (-1, outer)):
+            hidden = _layer(unet.up_blocks[-1], index, torch.cat([hidden, skip], dim=1), emb, context)
         if unet.conv_norm_out:
             hidden = unet.conv_act(unet.conv_norm_out(hidden))
         return unet.conv_out(hidden)

@@ -18,6 +18,7 @@ import numpy as np
 from engine.manifest import ComponentEntry
 
 PRECISIONS = ("fp32", "fp16", "int8")
+UNET_GRAPHS = ("unet", "unet_deep", "unet_shallow")
 QUANT_MODES = ("weights", "hybrid")
 Calibration = list[dict[str, np.ndarray]]
 
@@ -35,9 +36,9 @@ def describe(fmt: str, precision: str, quant: str, sdxl: bool) -> str:
         vae = " (VAE kept fp32: SDXL's VAE overflows in fp16)" if fmt == "onnx" and sdxl else ""
         return f"fp16 weights{' and compute' if fmt == 'onnx' else ''}{vae}"
     if fmt == "onnx":
-        return "int8: dynamic MatMul/Gemm in every graph, calibrated static QDQ convolutions in the UNet"
+        return "int8: dynamic MatMul/Gemm in every graph, calibrated static QDQ convolutions in the UNet graphs"
     if quant == "hybrid":
-        return "hybrid: UNet int8 weights and activations (NNCF), other graphs int8 weights"
+        return "hybrid: UNet graphs int8 weights and activations (NNCF), other graphs int8 weights"
     return "int8 weights (NNCF weight compression); activations in the CPU's float precision"
 
 
@@ -54,7 +55,7 @@ def _convert_openvino(name: str, src: Path, dst: Path, precision: str, quant: st
 
     if precision == "fp16":
         return q.save_fp16(src, dst)
-    if quant == "hybrid" and name == "unet":
+    if quant == "hybrid" and name in UNET_GRAPHS:
         return q.quantize_hybrid(src, dst, calibration, log=log)
     return q.compress_int8_weights(src, dst)
 
@@ -65,7 +66,7 @@ def _convert_onnx(name: str, src: Path, dst: Path, precision: str, calibration: 
 
     if precision == "fp16":
         return q.convert_fp16(src, dst)
-    return q.quantize_int8(src, dst, calibration if name == "unet" else None, log=log)
+    return q.quantize_int8(src, dst, calibration if name in UNET_GRAPHS else None, log=log)
 
 
 def _copy(src_dir: Path, entry: ComponentEntry, dst_dir: Path) -> list[Path]:

@@ -98,3 +98,55 @@ def test_export_refuses_deepcache_with_static_shapes(tiny_sources, tmp_path):
     result = runner.invoke(app, ["export", str(tiny_sources["sd15"]), str(tmp_path / "x"), "--deepcache",
                                  "--width", "64"])
     assert result.exit_code == 2 and "--deepcache does not combine with static shapes" in result.output
+
+
+def test_calibration_pairs_each_shallow_call_with_the_previous_feature():
+    from export.calibration import shallow_feeds
+
+    feeds = [{"sample": np.full(1, i), "encoder_hidden_states": np.zeros(1)} for i in range(6)]
+    features = [np.full(1, 10 + i) for i in range(6)]
+    shallow = shallow_feeds(feeds, features, first_calls={0, 3}, inputs={"sample"})
+    assert [(int(f["sample"][0]), int(f["deep_feature"][0])) for f in shallow] == [(1, 10), (2, 11), (4, 13), (5, 14)]
+    assert all(set(f) == {"sample", "deep_feature"} for f in shallow)
+
+
+def test_hybrid_export_quantizes_the_deepcache_graphs_too(tiny_sources, tmp_path):
+    import openvino as ov
+
+    out = tmp_path / "hybrid-dc"
+    export_model(str(tiny_sources["sd15"]), out, precision="int8", quant="hybrid", deepcache=True,
+                 calibration_samples=4, log=lambda line: None)
+    components = load_manifest(out).components
+    for name in ("unet", "unet_deep", "unet_shallow"):
+        model = ov.Core().read_model(str(out / components[name].file))
+        on_activations = [op for op in model.get_ops() if op.get_type_name() == "FakeQuantize"
+                          and op.input_value(0).get_node().get_type_name() != "Constant"]
+        assert on_activations, f"{name}: no FakeQuantize on activations"
+    pipe = Pipeline.load(out, compile_cache=False, deepcache=3)
+    assert image(pipe, steps=4, sampler="euler").shape == (64, 64, 3)
+    assert (pipe.unet.deep.calls, pipe.unet.shallow.calls) == (2, 2)
+
+
+@pytest.mark.parametrize("down_blocks,up_blocks", [
+    (("CrossAttnDownBlock2D", "DownBlock2D"), ("UpBlock2D", "CrossAttnUpBlock2D")),
+    (("DownBlock2D", "CrossAttnDownBlock2D"), ("CrossAttnUpBlock2D", "UpBlock2D")),
+])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_shallow_branch_on_a_fresh_feature_is_the_whole_unet(down_blocks, up_blocks, layers):
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from export.deepcache import DeepUNetGraph, ShallowUNetGraph
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+                                layers_per_block=layers, norm_num_groups=8, cross_attention_dim=16,
+                                attention_head_dim=4, down_block_types=down_blocks, up_block_types=up_blocks).eval()
+    x, t, context = torch.randn(2, 4, 8, 8), torch.tensor([10.0, 700.0]), torch.randn(2, 77, 16)
+    with torch.no_grad():
+        expected = unet(x, t, context, return_dict=False)[0]
+        out, feature = DeepUNetGraph(unet, []).eval()(x, t, context)
+        shallow = ShallowUNetGraph(unet, []).eval()(x, t, context, feature)
+    assert torch.equal(out, expected)
+    assert feature.shape[-2:] == x.shape[-2:]
+    torch.testing.assert_close(shallow, expected, rtol=0, atol=1e-5)
