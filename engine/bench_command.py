@@ -162,6 +162,7 @@ def run_latency(pipe: Pipeline, model: Path, steps_list, samplers, guidance, run
         height=first.height, guidance=first.guidance, runs=runs, warmup=warmup, compile_cache=compile_cache,
         compile_s=compile_s, rows=rows, flops=unet_flops(pipe, first), memory=memory, gemm=gemm,
         machine=machine_info(), gemm_openvino=gemm_openvino, runtime=pipe.runtime_properties(),
+        tiny_vae=pipe.tiny_vae,
     )
     typer.echo(report_text(report))
     write_outputs(report, json_path, plot_path)
@@ -170,7 +171,7 @@ def run_latency(pipe: Pipeline, model: Path, steps_list, samplers, guidance, run
 def run_bench(model: Path, steps: str, schedulers: str | None, prompts: int | None, prompt_file: Path | None,
               seeds: str, guidance: float | None, runs: int, json_path: Path | None, quality: bool,
               compile_cache: bool = True, warmup: int = 1, plot_path: Path | None = None,
-              inference_precision: str | None = None, deepcache: int | None = None) -> None:
+              inference_precision: str | None = None, deepcache: int | None = None, tiny_vae: bool = False) -> None:
     """Check every option, load the model once, then time it or evaluate it."""
     steps_list = parse_ints(steps, "--steps", 1)
     seed_list = parse_ints(seeds, "--seeds", 0, SEED_LIMIT)
@@ -186,7 +187,7 @@ def run_bench(model: Path, steps: str, schedulers: str | None, prompts: int | No
     check_output(plot_path, "--plot", ".png")
     started = time.perf_counter()
     pipe = Pipeline.load(resolve_model(model), compile_cache=compile_cache, inference_precision=inference_precision,
-                         deepcache=deepcache)
+                         deepcache=deepcache, tiny_vae=tiny_vae)
     compile_s = time.perf_counter() - started
     if names is None:
         names = [pipe.default_sampler()]

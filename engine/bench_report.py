@@ -200,12 +200,13 @@ class LatencyReport:
     machine: dict
     gemm_openvino: GemmProbe | None = None
     runtime: dict[str, dict] = field(default_factory=dict)
+    tiny_vae: bool = False
 
 
 def report_json(report: LatencyReport) -> dict:
     """The JSON document: settings, machine, probe, compile and first-call times, memory, FLOPs, fits, rows."""
     data = {key: getattr(report, key) for key in (
-        "model", "format", "precision", "width", "height", "guidance", "runs", "warmup", "compile_cache")}
+        "model", "format", "precision", "tiny_vae", "width", "height", "guidance", "runs", "warmup", "compile_cache")}
     first = report.rows[0]
     data.update(
         sdcpu_version=engine.__version__, machine=report.machine, gemm_probe=asdict(report.gemm),
@@ -260,7 +261,8 @@ def runtime_text(unet: dict) -> str:
 def report_text(report: LatencyReport) -> str:
     """The tables and summary lines printed on stdout."""
     r, first, m = report, report.rows[0], report.machine
-    lines = [f"{r.model}: {r.format} {r.precision}, {r.width}x{r.height}, guidance {r.guidance:g}, "
+    vae = ", tiny VAE" if r.tiny_vae else ""
+    lines = [f"{r.model}: {r.format} {r.precision}{vae}, {r.width}x{r.height}, guidance {r.guidance:g}, "
              f"{plural(r.runs, 'timed run')} after {plural(r.warmup, 'warm-up call')} each", "", bench_table(r.rows, r.flops), ""]
     lines += [fit_text(fit) for fit in fit_totals(r.rows)]
     lines.append(f"compile (Pipeline.load): {r.compile_s:.2f} s; first call {first.first_call:.3f} s "

@@ -30,6 +30,10 @@ DEEPCACHE_HELP = (
     "features, in between (N=3: 1.65x faster SD1.5 steps; images change, see bench/RESULTS.md). Needs an export "
     "made with --deepcache. Default: off."
 )
+TINY_VAE_HELP = (
+    "Decode with the export's tiny VAE (TAESD-style AutoencoderTiny): much faster decode, slightly different "
+    "image. Needs an export made with --tiny-vae."
+)
 
 
 def user_errors(command):
@@ -79,6 +83,7 @@ def export(
     quality_check: bool = typer.Option(True, "--quality-check/--no-quality-check", help="fp16/int8: render one image with fp32 and the export and print the PSNR."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT_DIR if it already holds something."),
     deepcache: bool = typer.Option(False, "--deepcache", help="Also export DeepCache graphs (a full UNet that returns its deep features, and the shallow branch that reuses them), for `generate --deepcache N`."),
+    tiny_vae: Optional[str] = typer.Option(None, "--tiny-vae", help="Also export a tiny VAE decoder (TAESD, diffusers AutoencoderTiny), for `generate --tiny-vae`: a local AutoencoderTiny folder, a hub id (e.g. madebyollin/taesd, needs network), or 'random' (TAESD's architecture with random weights, for benchmarks)."),
 ):
     """Export an SD1.5, LCM, SDXL or SDXL-Turbo model to a self-describing sdcpu model folder.
 
@@ -97,7 +102,7 @@ def export(
         fmt=format, precision=precision, quant=quant, width=width, height=height, batch=batch,
         random_weights=random_weights, family=family, config=config, lora=lora, lora_scale=lora_scale,
         lcm_lora=lcm_lora, calibration_prompts=calibration_prompts, calibration_samples=calibration_samples,
-        quality_check=quality_check, overwrite=overwrite, deepcache=deepcache,
+        quality_check=quality_check, overwrite=overwrite, deepcache=deepcache, tiny_vae=tiny_vae,
     )
     export_model(source, out_dir, options, log=typer.echo)
 
@@ -123,6 +128,7 @@ def generate(
     compile_cache: bool = typer.Option(True, "--compile-cache/--no-compile-cache", help="Keep OpenVINO's compiled graphs in $SDCPU_CACHE_DIR (default ~/.cache/sdcpu/openvino) so the next start is fast."),
     inference_precision: Optional[str] = typer.Option(None, "--inference-precision", help="Default auto, or what --from recorded. " + INFERENCE_PRECISION_HELP),
     deepcache: Optional[int] = typer.Option(None, "--deepcache", help=DEEPCACHE_HELP),
+    tiny_vae: Optional[bool] = typer.Option(None, "--tiny-vae/--no-tiny-vae", help=TINY_VAE_HELP + " Default: off, or what --from recorded."),
 ):
     """Generate images from PROMPT with an exported model.
 
@@ -136,6 +142,7 @@ def generate(
         seed=seed, width=width, height=height, scheduler=scheduler, batch=batch, output=output,
         compile_cache=compile_cache, from_image=from_image, interactive=interactive,
         preview_every=preview_every, preview=preview, inference_precision=inference_precision, deepcache=deepcache,
+        tiny_vae=tiny_vae,
     )
 
 
@@ -185,6 +192,7 @@ def grid(
     compile_cache: bool = typer.Option(True, "--compile-cache/--no-compile-cache", help="Keep OpenVINO's compiled graphs in $SDCPU_CACHE_DIR (default ~/.cache/sdcpu/openvino) so the next start is fast."),
     inference_precision: str = typer.Option("auto", "--inference-precision", help=INFERENCE_PRECISION_HELP),
     deepcache: Optional[int] = typer.Option(None, "--deepcache", help=DEEPCACHE_HELP),
+    tiny_vae: bool = typer.Option(False, "--tiny-vae", help=TINY_VAE_HELP + " Default: off."),
 ):
     """Render PROMPT for every step count x seed x guidance (at most 64 cells) as a labelled contact sheet.
 
@@ -196,7 +204,7 @@ def grid(
     run_grid(
         prompt=prompt, model=model, steps=steps, seeds=seeds, guidance=guidance, negative_prompt=negative_prompt,
         width=width, height=height, scheduler=scheduler, output=output, compile_cache=compile_cache,
-        inference_precision=inference_precision, deepcache=deepcache,
+        inference_precision=inference_precision, deepcache=deepcache, tiny_vae=tiny_vae,
     )
 
 
@@ -239,6 +247,7 @@ def bench(
     compile_cache: bool = typer.Option(True, "--compile-cache/--no-compile-cache", help="Use OpenVINO's compile cache."),
     inference_precision: str = typer.Option("auto", "--inference-precision", help=INFERENCE_PRECISION_HELP),
     deepcache: Optional[int] = typer.Option(None, "--deepcache", help=DEEPCACHE_HELP),
+    tiny_vae: bool = typer.Option(False, "--tiny-vae", help=TINY_VAE_HELP + " Default: off."),
 ):
     """Time text encoder, UNet per step, VAE and total over step counts and schedulers, or with --quality score the shapes model.
 
@@ -249,7 +258,7 @@ def bench(
     run_bench(model=model, steps=steps, schedulers=schedulers, prompts=prompts, prompt_file=prompt_file,
               seeds=seeds, guidance=guidance, runs=runs, json_path=json_path, quality=quality,
               compile_cache=compile_cache, warmup=warmup, plot_path=plot_path,
-              inference_precision=inference_precision, deepcache=deepcache)
+              inference_precision=inference_precision, deepcache=deepcache, tiny_vae=tiny_vae)
 
 
 @app.command()

@@ -63,7 +63,7 @@ def params_for(pipe: Pipeline, request: Request, seed: int) -> GenerationParams:
         sampler=request.sampler, guidance=request.guidance, seed=seed, width=request.width,
         height=request.height, model=pipe.folder.resolve().name, model_family=m.family, backend=m.format,
         precision=m.precision, sdcpu_version=engine.__version__, inference_precision=pipe.inference_precision,
-        deepcache=pipe.deepcache,
+        deepcache=pipe.deepcache, tiny_vae=pipe.tiny_vae,
     )
 
 
@@ -131,6 +131,8 @@ def _notes(pipe: Pipeline, request: Request, seed_given: int | None) -> None:
 
     if pipe.manifest.random_weights:
         note("this model has random weights (a benchmark stand-in); its images are noise")
+    elif pipe.tiny_vae and (pipe.manifest.tiny_vae or "").startswith("random-weights:"):
+        note("this export's tiny VAE has random weights (a benchmark stand-in); its images are noise")
     advice = step_advice(pipe.manifest.family, request.steps)
     if advice:
         note(advice)
@@ -157,17 +159,17 @@ def run_generate(prompt: str | None = None, model=None, negative_prompt: str | N
                  output: Path = Path("sdcpu.png"), compile_cache: bool = True, from_image: Path | None = None,
                  interactive: bool = False, preview_every: int | None = None,
                  preview: str = "linear", inference_precision: str | None = None,
-                 deepcache: int | None = None) -> list[Path]:
+                 deepcache: int | None = None, tiny_vae: bool | None = None) -> list[Path]:
     """Resolve options (--from, terminal), load, generate with a progress bar, write one PNG per image."""
     check_preview_options(preview_every, preview)
     given = Options(prompt=prompt, negative_prompt=negative_prompt, model=None if model is None else str(model),
                     steps=steps, guidance=guidance, seed=seed, width=width, height=height, scheduler=scheduler,
-                    inference_precision=inference_precision, deepcache=deepcache)
+                    inference_precision=inference_precision, deepcache=deepcache, tiny_vae=tiny_vae)
     o = resolve_options(given, from_image, interactive)
     folder = resolve_model(o.model)
     pipe = Pipeline.load(folder, compile_cache=compile_cache,
                          inference_precision=_precision_for(folder, o.inference_precision, inference_precision),
-                         deepcache=o.deepcache)
+                         deepcache=o.deepcache, tiny_vae=bool(o.tiny_vae))
     request = build_request(pipe, o.prompt, o.negative_prompt or "", o.steps, o.guidance,
                             -1 if o.seed is None else o.seed, o.width, o.height, o.scheduler, batch)
     pipe.validate(request)

@@ -26,7 +26,7 @@ from engine.local_models import resolve_model
 from engine.markdown import plural
 from engine.noise import SEED_LIMIT, resolve_seed
 from engine.pipeline import Pipeline, Request
-from engine.pngmeta import PARAMETERS_KEY, format_number, quote, save_png
+from engine.pngmeta import PARAMETERS_KEY, TINY_VAE_LABEL, format_number, quote, save_png
 from models.registry import FAMILIES, model_steps
 
 MAX_CELLS = 64
@@ -105,7 +105,7 @@ def grid_infotext(rows: list[list[Request]], pipe: Pipeline) -> str:
              ("Grid rows", "; ".join(f"seed {r[0].seed} cfg {format_number(r[0].guidance)}" for r in rows)),
              ("sdcpu sampler", first.sampler), ("Image size", f"{first.width}x{first.height}"),
              ("Model", pipe.manifest.name), ("Backend", pipe.manifest.format),
-             ("Version", f"sdcpu {engine.__version__}")]
+             *([("VAE", TINY_VAE_LABEL)] if pipe.tiny_vae else []), ("Version", f"sdcpu {engine.__version__}")]
     negative = f"\nNegative prompt: {first.negative_prompt}" if first.negative_prompt else ""
     return f"{first.prompt}{negative}\n" + ", ".join(f"{key}: {quote(value)}" for key, value in items)
 
@@ -180,12 +180,13 @@ def notes(pipe: Pipeline, rows: list[list[Request]], random_seed: bool) -> None:
 def run_grid(prompt: str, model: str | Path | None = None, steps: str | None = None, seeds: str | None = None,
              guidance: str | None = None, negative_prompt: str = "", width=None, height=None, scheduler=None,
              output: Path = Path("grid.png"), compile_cache: bool = True,
-             inference_precision: str | None = None, deepcache: int | None = None) -> GridResult:
+             inference_precision: str | None = None, deepcache: int | None = None,
+             tiny_vae: bool = False) -> GridResult:
     """Check the lists, load the model, render every cell, write the singles and the labelled sheet."""
     started = time.perf_counter()
     steps_list, seed_list, guidances = parse_lists(steps, seeds, guidance)
     pipe = Pipeline.load(resolve_model(model) if model else default_model(), compile_cache=compile_cache,
-                         inference_precision=inference_precision, deepcache=deepcache)
+                         inference_precision=inference_precision, deepcache=deepcache, tiny_vae=tiny_vae)
     steps_list = steps_list or default_steps(pipe)
     seed_list = seed_list or [resolve_seed(-1)]
     check_cell_count(len(steps_list) * len(seed_list) * len(guidances))

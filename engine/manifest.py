@@ -14,6 +14,7 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA = 1
 FORMATS = ("openvino", "onnx")
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+TINY_VAE_DECODER = "vae_decoder_tiny"
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Manifest:
     default_steps: int | None = None
     default_guidance: float | None = None
     lora: dict[str, Any] | None = None
+    tiny_vae: str | None = None
     quality: dict[str, Any] = field(default_factory=dict)
     schema: int = MANIFEST_SCHEMA
 

@@ -20,7 +20,7 @@ from engine.conditioning import guidance_scale_embedding, sd_conditioning, sdxl_
 from engine.deepcache import DEEP, SHALLOW, DeepCacheUNet, check_interval, require_graphs
 from engine.denoisers import denoiser_from_eps, denoiser_from_v
 from engine.errors import UserError
-from engine.manifest import Manifest, load_manifest
+from engine.manifest import TINY_VAE_DECODER, Manifest, load_manifest
 from engine.noise import SEED_LIMIT, TorchCompatibleNoise
 from engine.samplers import SAMPLERS, default_sampler_for, run_sampler
 from engine.schedules import make_schedule
@@ -60,6 +60,12 @@ def to_uint8_images(decoded: np.ndarray) -> list[np.ndarray]:
     return [np.round(img.transpose(1, 2, 0) * 255).astype(np.uint8) for img in unit]
 
 
+def _skipped_graphs(deepcache: bool, tiny_vae: bool) -> set[str]:
+    """The graphs Pipeline.load leaves uncompiled: the UNet variant and the VAE decoder it will not run."""
+    unets = {"unet"} if deepcache else {DEEP, SHALLOW}
+    return unets | ({"vae_decoder"} if tiny_vae else {TINY_VAE_DECODER})
+
+
 class Pipeline:
     """An exported model folder loaded on its backend, ready to generate."""
 
@@ -75,10 +81,11 @@ class Pipeline:
 
     @classmethod
     def load(cls, folder: Path, compile_cache: bool = True, inference_precision: str | None = None,
-             deepcache: int | None = None) -> "Pipeline":
+             deepcache: int | None = None, tiny_vae: bool = False) -> "Pipeline":
         """Check the folder against its manifest, then compile its graphs (OpenVINO: through the compile cache).
 
         `deepcache=N` runs the full UNet every N-th call and its shallow branch in between (engine/deepcache.py).
+        `tiny_vae` decodes with the export's `vae_decoder_tiny` (TAESD) and does not compile `vae_decoder`.
         """
         folder = Path(folder).expanduser()
         cache_dir = default_cache_dir() if compile_cache else None
@@ -86,6 +93,8 @@ class Pipeline:
         check_interval(deepcache)
         if deepcache is not None:
             require_graphs(manifest.components, folder)
+        if tiny_vae and TINY_VAE_DECODER not in manifest.components:
+            raise UserError(f"{folder} has no tiny VAE decoder; re-export it with `sdcpu export --tiny-vae TINY`")
         try:
             config = json.loads((folder / manifest.scheduler_config).read_text())
         except ValueError as exc:
@@ -93,19 +102,26 @@ class Pipeline:
         names = [manifest.tokenizer] + ([manifest.tokenizer_2] if manifest.tokenizer_2 else [])
         tokenizers = [ClipTokenizer.from_folder(folder / name) for name in names]
         graphs = {}
-        skipped = {"unet"} if deepcache is not None else {DEEP, SHALLOW}
+        skipped = _skipped_graphs(deepcache is not None, tiny_vae)
         for name, entry in manifest.components.items():
             if name not in skipped:
                 graphs[name] = load_graph(
                     folder, name, entry, manifest.format, manifest.precision, cache_dir, inference_precision)
         if deepcache is not None:
             graphs["unet"] = DeepCacheUNet(graphs.pop(DEEP), graphs.pop(SHALLOW), deepcache)
+        if tiny_vae:
+            graphs["vae_decoder"] = graphs.pop(TINY_VAE_DECODER)
         return cls(folder, manifest, graphs, tokenizers, config)
 
     @property
     def deepcache(self) -> int | None:
         """The DeepCache interval the UNet runs with; None for the plain UNet."""
         return getattr(self.unet, "interval", None)
+
+    @property
+    def tiny_vae(self) -> bool:
+        """Whether the decoder it runs is the export's tiny VAE (TAESD) rather than the pipeline's VAE."""
+        return getattr(self.vae_decoder, "name", "vae_decoder") == TINY_VAE_DECODER
 
     @property
     def inference_precision(self) -> str:

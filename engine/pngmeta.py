@@ -3,7 +3,8 @@
 The text is A1111's ``create_infotext`` layout: the prompt, an optional ``Negative prompt: ...``
 line, then one line of ``Key: value`` pairs joined by ", ", a value JSON-quoted when it holds a
 comma, colon or newline. After A1111's own keys come sdcpu's: ``sdcpu sampler`` (our exact sampler
-name), ``Backend``, ``Precision``, ``Family`` and ``Version: sdcpu X.Y.Z``. Our parser is A1111's
+name), ``Backend``, ``Precision``, ``DeepCache``, ``VAE: tiny`` (the export's TAESD decoder), ``Family``
+and ``Version: sdcpu X.Y.Z``. Our parser is A1111's
 ``parse_generation_parameters`` except that it keeps prompt lines unstripped, so that our prompts
 round-trip exactly.
 """
@@ -23,6 +24,7 @@ from engine.atomic import atomic_write
 PARAMETERS_KEY = "parameters"
 NEGATIVE_PREFIX = "Negative prompt:"
 VERSION_PREFIX = "sdcpu "
+TINY_VAE_LABEL = "tiny"
 PARAM_PATTERN = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 SIZE_PATTERN = re.compile(r"^(\d+)x(\d+)$")
 MIN_PARAMS_ON_LAST_LINE = 3
@@ -59,6 +61,7 @@ class GenerationParams:
     sdcpu_version: str = ""
     inference_precision: str = ""
     deepcache: int | None = None
+    tiny_vae: bool = False
 
     def __post_init__(self):
         if self.sampler not in A1111_SAMPLERS:
@@ -96,7 +99,8 @@ def parameter_items(p: GenerationParams) -> list[tuple[str, str]]:
              ("CFG scale", format_number(p.guidance)), ("Seed", p.seed), ("Size", f"{p.width}x{p.height}"),
              ("Model", p.model), ("sdcpu sampler", p.sampler), ("Backend", p.backend),
              ("Precision", p.precision), ("Inference precision", p.inference_precision),
-             ("DeepCache", p.deepcache or ""), ("Family", p.model_family),
+             ("DeepCache", p.deepcache or ""), ("VAE", TINY_VAE_LABEL if p.tiny_vae else ""),
+             ("Family", p.model_family),
              ("Version", VERSION_PREFIX + p.sdcpu_version if p.sdcpu_version else "")]
     return [(key, str(value)) for key, value in items if str(value) != ""]
 
@@ -172,6 +176,7 @@ def params_from_text(text: str | None) -> GenerationParams:
             backend=fields.get("Backend", ""), precision=fields.get("Precision", ""),
             inference_precision=fields.get("Inference precision", ""),
             deepcache=int(fields["DeepCache"]) if fields.get("DeepCache") else None,
+            tiny_vae=fields.get("VAE") == TINY_VAE_LABEL,
             sdcpu_version=version[len(VERSION_PREFIX):] if version.startswith(VERSION_PREFIX) else "")
     except ValueError as error:
         raise ValueError(f"bad generation parameters: {error}") from None

@@ -24,6 +24,7 @@ class Options:
     scheduler: str | None = None
     inference_precision: str | None = None
     deepcache: int | None = None
+    tiny_vae: bool | None = None
 
 
 def png_text(path: Path) -> str:
@@ -65,6 +66,7 @@ def merge_from_png(given: Options, recorded: GenerationParams) -> Options:
         steps=recorded.steps, guidance=recorded.guidance, seed=recorded.seed, width=recorded.width,
         height=recorded.height, scheduler=recorded.sampler,
         inference_precision=recorded.inference_precision or None, deepcache=recorded.deepcache,
+        tiny_vae=recorded.tiny_vae,
     )
     overrides = {name: value for name, value in given.__dict__.items() if value is not None}
     return replace(from_png, **overrides)

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.manifest import TINY_VAE_DECODER
+
 
 @dataclass
 class ComponentSpec:
@@ -79,6 +81,22 @@ class VaeDecoderGraph(torch.nn.Module):
 
     def forward(self, latent_sample):
         return self.vae.decode(latent_sample, return_dict=False)[0]
+
+
+class TinyVaeDecoderGraph(torch.nn.Module):
+    """AutoencoderTiny (TAESD) decoder with vae_decoder's signature: latents / the main VAE's scaling_factor -> [-1, 1].
+
+    diffusers' pipelines feed AutoencoderTiny.decode UNet-space latents / its own scaling_factor;
+    the runtime divides by the main VAE's, so that factor is undone here.
+    """
+
+    def __init__(self, tiny, main_scaling_factor: float):
+        super().__init__()
+        self.tiny = tiny
+        self.scale = float(main_scaling_factor) / float(tiny.config.scaling_factor)
+
+    def forward(self, latent_sample):
+        return self.tiny.decode(latent_sample * self.scale, return_dict=False)[0]
 
 
 def unet_size_factor(unet) -> int:
@@ -165,15 +183,14 @@ def unet_spec(unet) -> ComponentSpec:
     )
 
 
-def vae_decoder_spec(vae) -> ComponentSpec:
-    """Spec for the VAE decoder at a small latent size."""
+def _decoder_spec(name: str, module: torch.nn.Module, channels: int, scale: float = 1.0) -> ComponentSpec:
+    """A VAE decoder spec at small latent sizes: input `latent_sample` (randn x scale), output `sample`."""
     gen = torch.Generator().manual_seed(2)
-    channels = vae.config.latent_channels
     sizes = [(1, 8, 8), (2, 12, 8)]
-    latents = [torch.randn(b, channels, h, w, generator=gen) for b, h, w in sizes]
+    latents = [torch.randn(b, channels, h, w, generator=gen) * scale for b, h, w in sizes]
     return ComponentSpec(
-        name="vae_decoder",
-        module=VaeDecoderGraph(vae).eval(),
+        name=name,
+        module=module.eval(),
         inputs={"latent_sample": latents[0]},
         dynamic_axes={
             "latent_sample": {0: "batch", 2: "height", 3: "width"},
@@ -182,3 +199,14 @@ def vae_decoder_spec(vae) -> ComponentSpec:
         outputs=["sample"],
         parity_inputs=[{"latent_sample": x} for x in latents],
     )
+
+
+def vae_decoder_spec(vae) -> ComponentSpec:
+    """Spec for the VAE decoder at a small latent size."""
+    return _decoder_spec("vae_decoder", VaeDecoderGraph(vae), vae.config.latent_channels)
+
+
+def tiny_vae_decoder_spec(tiny, main_scaling_factor: float) -> ComponentSpec:
+    """Spec for `vae_decoder_tiny`, checked on latents at the scale the runtime feeds (UNet-space N(0, 1) / factor)."""
+    return _decoder_spec(TINY_VAE_DECODER, TinyVaeDecoderGraph(tiny, main_scaling_factor),
+                         tiny.config.latent_channels, 1.0 / float(main_scaling_factor))

@@ -20,6 +20,7 @@ from export.components import (
     ComponentSpec,
     sdxl_text_encoder_spec,
     text_encoder_spec,
+    tiny_vae_decoder_spec,
     unet_spec,
     vae_decoder_spec,
 )
@@ -28,6 +29,7 @@ from export.options import ExportOptions
 from export.parity import compare_component, require_fp32_parity, torch_outputs
 from export.precision import convert_component, describe, needs_calibration
 from export.source import detect_family, open_source
+from export.tiny_vae import check_tiny_vae, load_tiny_vae, tiny_vae_origin
 from models.registry import FAMILIES
 
 Log = Callable[[str], None]
@@ -73,7 +75,7 @@ def _export_component(spec: ComponentSpec, folder: Path, fmt: str, log: Log) -> 
 
 def _log_parity(log: Log, name: str, precision: str, seconds: float, parity: dict) -> None:
     log(
-        f"  {name:<15} {precision:<5} {seconds:6.1f} s   parity vs PyTorch: "
+        f"  {name:<16} {precision:<5} {seconds:6.1f} s   parity vs PyTorch: "
         f"max abs err {parity['max_abs_error']:.2e}, PSNR {parity['psnr_db']:.1f} dB"
     )
 
@@ -126,6 +128,7 @@ def _manifest(src, family: str, options: ExportOptions, entries, out_dir: Path) 
         default_steps=defaults.get("steps"),
         default_guidance=1.0 if lcm_lora else defaults.get("guidance"),
         lora=src.describe() if hasattr(src, "describe") else None,
+        tiny_vae=tiny_vae_origin(options.tiny_vae) if options.tiny_vae else None,
     )
 
 
@@ -133,7 +136,7 @@ def is_sdxl(family: str) -> bool:
     return family.startswith("sdxl")
 
 
-def _spec_makers(src, family: str, deepcache: bool = False):
+def _spec_makers(src, family: str, deepcache: bool = False, tiny_vae: str | None = None):
     """Build each component's spec on demand, so one torch module is loaded at a time."""
     if is_sdxl(family):
         yield lambda: sdxl_text_encoder_spec("text_encoder", src.load("text_encoder"), with_projection=False)
@@ -147,6 +150,10 @@ def _spec_makers(src, family: str, deepcache: bool = False):
         yield lambda: deep_unet_spec(src.load("unet"))
         yield lambda: shallow_unet_spec(src.load("unet"))
     yield lambda: vae_decoder_spec(src.load("vae"))
+    if tiny_vae:
+        vae = src.config("vae")
+        yield lambda: tiny_vae_decoder_spec(load_tiny_vae(tiny_vae, int(vae["latent_channels"])),
+                                            float(vae["scaling_factor"]))
 
 
 def _check_supported(src) -> str:
@@ -165,7 +172,7 @@ def _peak_rss_gib() -> float:
 def _export_fp32(src, family: str, folder: Path, options: ExportOptions, log: Log):
     """Every component traced and parity-checked at fp32 into `folder`, plus tokenizers, scheduler, manifest."""
     entries, checks = {}, {}
-    for make_spec in _spec_makers(src, family, options.deepcache):
+    for make_spec in _spec_makers(src, family, options.deepcache, options.tiny_vae):
         spec = make_spec()
         entries[spec.name], references = _export_component(spec, folder, options.fmt, log)
         checks[spec.name] = (spec, references)
@@ -234,6 +241,8 @@ def export_model(source: str | None, out_dir: Path, options: ExportOptions | Non
     src = open_source(source, options.random_weights, options.family, options.config,
                       options.lora, options.lora_scale, options.lcm_lora)
     family = _check_supported(src)
+    if options.tiny_vae:
+        check_tiny_vae(options.tiny_vae, src.config("vae"))
     label = options.precision + (" hybrid" if options.quant == "hybrid" else "")
     log(f"exporting {family} to {options.fmt} {label}")
     started = time.perf_counter()

@@ -35,6 +35,7 @@ class ExportOptions:
     quality_check: bool = True
     overwrite: bool = False
     deepcache: bool = False
+    tiny_vae: str | None = None
 
     @property
     def static(self) -> bool:

@@ -22,7 +22,7 @@ def static_input_shapes(entries: dict[str, ComponentEntry], width: int, height: 
     for name, entry in entries.items():
         if name.startswith("text_encoder"):
             shapes[name] = {"input_ids": [1, 77]}
-        elif name == "vae_decoder":
+        elif name.startswith("vae_decoder"):
             shapes[name] = {"latent_sample": [1, latent_channels, *latent]}
         else:
             unet = {k: [rows, *v["shape"][1:]] for k, v in entry.inputs.items()}

@@ -18,8 +18,8 @@ from tests.test_cli import assert_user_error
 
 runner = CliRunner()
 
-TOP_KEYS = {"model", "format", "precision", "width", "height", "guidance", "runs", "warmup", "compile_cache",
-            "sdcpu_version", "machine", "gemm_probe", "compile_s", "first_call_s", "warm_total_s", "memory",
+TOP_KEYS = {"model", "format", "precision", "tiny_vae", "width", "height", "guidance", "runs", "warmup",
+            "compile_cache", "sdcpu_version", "machine", "gemm_probe", "compile_s", "first_call_s", "warm_total_s", "memory",
             "unet_flops", "fits", "rows", "gemm_probe_openvino", "unet_vs_openvino_gemm", "runtime"}
 RUNTIME_KEYS = {"inference_precision", "threads", "streams", "performance_hint"}
 MACHINE_KEYS = {"cpu", "logical_cores", "openvino", "onnxruntime", "numpy", "python"}
