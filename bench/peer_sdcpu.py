@@ -19,7 +19,7 @@ def load(folder: Path, settings: dict):
     from engine.pipeline import Pipeline, Request
 
     pipe = Pipeline.load(folder, compile_cache=False, inference_precision=settings.get("inference_precision"),
-                         deepcache=settings.get("deepcache"))
+                         deepcache=settings.get("deepcache"), tiny_vae=settings.get("tiny_vae", False))
     sampler = pipe.default_sampler()
 
     def generate(steps: int, seed: int, on_step):

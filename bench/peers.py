@@ -53,6 +53,9 @@ def peer_table(optimum_python: str | None) -> dict[str, Peer]:
         Peer("sdcpu-int8", "sdcpu", "ov-int8"),
         Peer("sdcpu-int8-hybrid", "sdcpu", "ov-hybrid"),
         Peer("sdcpu-int8-hybrid-deepcache3", "sdcpu", "ov-hybrid", {"deepcache": 3}),
+        Peer("sdcpu-bf16-tinyvae", "sdcpu", "ov", {"inference_precision": "bf16", "tiny_vae": True}),
+        Peer("sdcpu-int8-hybrid-tinyvae", "sdcpu", "ov-hybrid", {"tiny_vae": True}),
+        Peer("sdcpu-int8-hybrid-deepcache3-tinyvae", "sdcpu", "ov-hybrid", {"deepcache": 3, "tiny_vae": True}),
         Peer("sdcpu-onnx", "sdcpu", "onnx"),
         Peer("openvino-genai", "genai", "optimum"),
         Peer("optimum-intel", "optimum", "optimum", python=optimum_python),
@@ -70,11 +73,12 @@ def run_logged(command: list[str], log: Path) -> None:
         sys.exit(f"failed ({code}): {' '.join(command)}\n" + "\n".join(log.read_text().splitlines()[-15:]))
 
 
+TINY_VAE = ["--tiny-vae", "random"]
 EXPORTS = {  # folder kind -> (folder suffix, extra `sdcpu export` options)
-    "ov": ("fp32-ov", ["--deepcache"]),
+    "ov": ("fp32-ov", ["--deepcache", *TINY_VAE]),
     "ov-fp16": ("fp16-ov", ["--precision", "fp16"]),
     "ov-int8": ("int8-ov", ["--precision", "int8"]),
-    "ov-hybrid": ("int8-hybrid-ov", ["--precision", "int8", "--quant", "hybrid", "--deepcache"]),
+    "ov-hybrid": ("int8-hybrid-ov", ["--precision", "int8", "--quant", "hybrid", "--deepcache", *TINY_VAE]),
     "onnx": ("fp32-onnx", ["--format", "onnx"]),
 }
 
@@ -124,7 +128,7 @@ def run_peer(peer: Peer, folder: str, settings: dict, steps: str, work: Path, ro
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         return {"peer": peer.name, "error": (lines or ["exit code %d" % done.returncode])[-1][:300]}
     result = json.loads(Path(f"{stem}.json").read_text())
-    return {**result, "peer": peer.name, "process_s": time.perf_counter() - started}
+    return {**result, "peer": peer.name, "settings": peer.settings, "process_s": time.perf_counter() - started}
 
 
 def main() -> None:

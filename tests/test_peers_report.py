@@ -37,7 +37,7 @@ def test_slope_median_and_extrapolation():
     assert ours["s_per_step"] == pytest.approx(3.0)
     assert ours["image_s"] == pytest.approx(((4 + 2 * 20) + (6 + 4 * 20)) / 2) and ours["extrapolated"]
     assert theirs["s_per_step"] == pytest.approx(6.0)
-    assert peers_report.ratio(theirs["s_per_step"], ours, "s_per_step") == "2.00x"
+    assert peers_report.speedup(ours["s_per_step"], theirs, "s_per_step") == "2.00x"
 
 
 def test_measured_step_count_is_not_extrapolated():
@@ -46,10 +46,18 @@ def test_measured_step_count_is_not_extrapolated():
 
 
 def test_failed_peer_is_reported_not_dropped(tmp_path):
-    d = data([run("sdcpu-bf16", 4.0, 2.0), run("openvino-genai", 0, 0, error="boom")], ["sdcpu-bf16", "openvino-genai"])
+    d = data([run("sdcpu-bf16", 4.0, 2.0), run("optimum-intel", 4.0, 4.0), run("openvino-genai", 0, 0, error="boom")],
+             ["sdcpu-bf16", "optimum-intel", "openvino-genai"])
     section = peers_report.family_section(d)
     assert "| openvino-genai | failed: boom |" in section
-    assert "| sdcpu-bf16 | 2.00 | 1.00x |" in section
+    assert "| sdcpu-bf16 | 2.00 | 2.00x |" in section, "step speed-up over optimum-intel"
+    assert "| optimum-intel | 4.00 | 1.00x |" in section
+
+
+def test_tiny_vae_peer_gets_no_psnr_against_the_real_decoder():
+    tiny = {**run("sdcpu-bf16-tinyvae", 1.0, 1.0), "settings": {"tiny_vae": True}}
+    row, = peers_report.summarise(data([tiny], ["sdcpu-bf16-tinyvae"]))
+    assert peers_report.psnr_cell(row) == "n/a (random tiny VAE)"
 
 
 def test_psnr_against_the_reference_image(tmp_path):
