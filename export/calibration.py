@@ -62,6 +62,8 @@ def collect_inputs(model_dir: Path, prompts: list[str], samples: int, size: tupl
     deepcache = has_deepcache_graphs(model_dir)
     pipe = Pipeline.load(model_dir, compile_cache=False, deepcache=1 if deepcache else None)
     steps = min(model_steps(pipe.manifest), MAX_STEPS_PER_PROMPT)
+    if deepcache:
+        steps = max(steps, 2)  # one-step models (SDXL-Turbo) would give the shallow graph no reused feature
     guidance = model_guidance(pipe.manifest)
     recorded, features, first_calls = {"unet": [], "vae_decoder": []}, [], set()
     unet, unet_features = (pipe.unet.deep, features) if deepcache else (pipe.unet, None)

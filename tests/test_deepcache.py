@@ -110,11 +110,12 @@ def test_calibration_pairs_each_shallow_call_with_the_previous_feature():
     assert all(set(f) == {"sample", "deep_feature"} for f in shallow)
 
 
-def test_hybrid_export_quantizes_the_deepcache_graphs_too(tiny_sources, tmp_path):
+@pytest.mark.parametrize("family", ["sd15", "sdxl-turbo"])  # SDXL-Turbo: 1 default step, still shallow samples
+def test_hybrid_export_quantizes_the_deepcache_graphs_too(tiny_sources, tmp_path, family):
     import openvino as ov
 
     out = tmp_path / "hybrid-dc"
-    export_model(str(tiny_sources["sd15"]), out, precision="int8", quant="hybrid", deepcache=True,
+    export_model(str(tiny_sources[family]), out, precision="int8", quant="hybrid", deepcache=True,
                  calibration_samples=4, log=lambda line: None)
     components = load_manifest(out).components
     for name in ("unet", "unet_deep", "unet_shallow"):
