@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from engine.deepcache import FEATURE
+from engine.deepcache import DEEP, FEATURE, SHALLOW
 from engine.errors import UserError
 
 PROMPTS_FILE = Path(__file__).with_name("calibration_prompts.txt")
@@ -85,7 +85,6 @@ def collect_inputs(model_dir: Path, prompts: list[str], samples: int, size: tupl
 
 def has_deepcache_graphs(model_dir: Path) -> bool:
     """Whether the export at `model_dir` has DeepCache's full and shallow UNet graphs."""
-    from engine.deepcache import DEEP, SHALLOW
     from engine.manifest import load_manifest
 
     return {DEEP, SHALLOW} <= set(load_manifest(model_dir).components)

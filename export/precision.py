@@ -15,10 +15,11 @@ from typing import Callable
 
 import numpy as np
 
+from engine.deepcache import DEEP, SHALLOW
 from engine.manifest import ComponentEntry
 
 PRECISIONS = ("fp32", "fp16", "int8")
-UNET_GRAPHS = ("unet", "unet_deep", "unet_shallow")
+UNET_GRAPHS = ("unet", DEEP, SHALLOW)
 QUANT_MODES = ("weights", "hybrid")
 Calibration = list[dict[str, np.ndarray]]
 
