@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from engine.compile_cache import Log, compile_through_cache
 from engine.errors import UserError
 from engine.manifest import ComponentEntry
 
@@ -43,10 +44,21 @@ class Graph:
         self.calls = 0
 
     def run(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
-        """All outputs by name, as float32."""
+        """All outputs by name, as float32; NaN or Inf in one is an error naming this graph."""
         self.calls += 1
         outputs = self._run(self._checked(feeds))
-        return {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in outputs.items()}
+        outputs = {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in outputs.items()}
+        for key, value in outputs.items():
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                raise UserError(self._non_finite_message(key, feeds))
+        return outputs
+
+    def _non_finite_message(self, output: str, feeds: dict[str, np.ndarray]) -> str:
+        bad_inputs = [k for k, v in feeds.items() if np.asarray(v).dtype.kind == "f" and not np.isfinite(v).all()]
+        if bad_inputs:
+            return f"{self.name} was given NaN/Inf in {', '.join(sorted(bad_inputs))}; no image was written"
+        return (f"{self.name} produced NaN/Inf in its output {output!r} from finite inputs; no image was written "
+                "(a broken build or corrupt weights; retry with --no-compile-cache, or re-export the model)")
 
     def __call__(self, **feeds: np.ndarray) -> np.ndarray:
         return next(iter(self.run(**feeds).values()))
@@ -86,24 +98,36 @@ def _fits(shape, declared: list) -> bool:
     return len(shape) == len(declared) and all(isinstance(d, str) or d == s for s, d in zip(shape, declared))
 
 
-def openvino_config(precision: str, cache_dir: Path | None, inference_precision: str | None = None) -> dict:
-    """fp32 models infer in f32 (OpenVINO on AMX/AVX512-BF16 CPUs picks bf16 by default) unless told; cache dir if given."""
-    config = {}
+def openvino_config(precision: str, inference_precision: str | None = None) -> dict:
+    """fp32 models infer in f32 (OpenVINO on AMX/AVX512-BF16 CPUs picks bf16 by default) unless told."""
     explicit = inference_precision not in (None, "auto")
     hint = inference_precision if explicit else ("f32" if precision == "fp32" else None)
-    if hint:
-        config["INFERENCE_PRECISION_HINT"] = hint
-    if cache_dir is not None:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        config["CACHE_DIR"] = str(cache_dir)
-    return config
+    return {"INFERENCE_PRECISION_HINT": hint} if hint else {}
 
 
-def load_openvino(path: Path, name: str, entry: ComponentEntry, config: dict) -> Graph:
-    """Compile an IR for the CPU, reading it from disk so the compile cache can skip the work."""
+def check_ir_header(path: Path) -> None:
+    """Refuse a file that is not OpenVINO IR before OpenVINO tries its other frontends on it (and logs noise)."""
+    with open(path, "rb") as file:
+        head = file.read(4096).lstrip()
+    if not (head.startswith(b"<?xml") or head.startswith(b"<net")) or b"<net" not in head:
+        raise ValueError(f"{path.name} is not an OpenVINO IR file")
+
+
+def load_openvino(folder: Path, name: str, entry: ComponentEntry, config: dict,
+                  cache_dir: Path | None = None, log: Log | None = None) -> Graph:
+    """Compile an IR for the CPU, through this build's own compile-cache folder when `cache_dir` is given."""
     import openvino as ov
 
     core = ov.Core()
+    path = folder / entry.file
+    graph_files = [folder / file for file in entry.files]
+    check_ir_header(path)
+
+    def compile_model(model, shapes: dict | None):
+        if cache_dir is None:
+            return core.compile_model(model, "CPU", config)
+        return compile_through_cache(cache_dir, name, graph_files, config, shapes,
+                                     lambda properties: core.compile_model(model, "CPU", properties), log)
 
     def runner(compiled) -> Runner:
         request = compiled.create_infer_request()
@@ -118,9 +142,9 @@ def load_openvino(path: Path, name: str, entry: ComponentEntry, config: dict) ->
     def reshape(shapes: dict[str, tuple]) -> Runner:
         model = core.read_model(str(path))
         model.reshape({key: ov.PartialShape(list(shape)) for key, shape in shapes.items()})
-        return runner(core.compile_model(model, "CPU", config))
+        return runner(compile_model(model, shapes))
 
-    compiled = core.compile_model(str(path), "CPU", config)
+    compiled = compile_model(str(path), None)
     return Graph(name, entry, runner(compiled), reshape, openvino_properties(compiled))
 
 
@@ -166,11 +190,11 @@ def check_inference_precision(value: str | None, fmt: str) -> None:
 
 
 def load_graph(folder: Path, name: str, entry: ComponentEntry, fmt: str, precision: str,
-               cache_dir: Path | None = None, inference_precision: str | None = None) -> Graph:
+               cache_dir: Path | None = None, inference_precision: str | None = None, log: Log | None = None) -> Graph:
     """Load component `name` of an exported folder with the backend its format calls for."""
     loaders = {
         "openvino": lambda: load_openvino(
-            folder / entry.file, name, entry, openvino_config(precision, cache_dir, inference_precision)),
+            folder, name, entry, openvino_config(precision, inference_precision), cache_dir, log),
         "onnx": lambda: load_onnxruntime(folder / entry.file, name, entry),
     }
     if fmt not in loaders:

@@ -75,7 +75,7 @@ def test_compile_cache_is_written_and_can_be_turned_off(tiny_exports, tmp_path, 
     assert not (tmp_path / "off").exists()
     monkeypatch.setenv("SDCPU_CACHE_DIR", str(tmp_path / "on"))
     Pipeline.load(folder)
-    blobs = list((tmp_path / "on").glob("*.blob"))
-    assert len(blobs) == 3
+    blobs = list((tmp_path / "on").glob("*/*.blob"))
+    assert len(blobs) == 3 and len({blob.parent for blob in blobs}) == 3, "one build folder per graph"
     Pipeline.load(folder)
-    assert len(list((tmp_path / "on").glob("*.blob"))) == 3
+    assert sorted((tmp_path / "on").glob("*/*.blob")) == sorted(blobs)
