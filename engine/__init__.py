@@ -1,3 +1,19 @@
 """sdcpu runtime: numpy scheduler loop over OpenVINO / ONNX Runtime models; never imports torch."""
 
+import os
+import sys
+
 __version__ = "0.1.0"
+
+
+def keep_openvino_telemetry_off() -> None:
+    """`import openvino` starts its usage telemetry (files in ~/intel, events sent without asking).
+
+    sdcpu never needs it: unless SDCPU_OPENVINO_TELEMETRY=1, the telemetry package is made unimportable
+    before openvino loads, so OpenVINO falls back to its own no-op stub. Nothing else changes.
+    """
+    if os.environ.get("SDCPU_OPENVINO_TELEMETRY") != "1" and "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)
+
+
+keep_openvino_telemetry_off()

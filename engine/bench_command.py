@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from engine.flops import count_macs_by_op
 from engine.latency import LATENCY_PROMPT, measure_latency
 from engine.local_models import resolve_model
 from engine.noise import SEED_LIMIT
+from engine.output_files import check_output
 from engine.pipeline import Pipeline
 from engine.quality import QualityRow, quality_json, quality_table, request_for, sweep
 from engine.samplers import SAMPLERS
@@ -101,21 +101,6 @@ def run_quality(pipe: Pipeline, model: Path, steps_list, samplers, prompts, seed
         write_json(json_path, quality_json(model, prompts, seeds, rows))
 
 
-def check_output(path: Path | None, option: str, suffix: str | None = None) -> None:
-    """Refuse, before any work, an output path without `suffix` or in a folder that cannot be written."""
-    if path is None:
-        return
-    if suffix and path.suffix.lower() != suffix:
-        raise UserError(f"{option} must name a {suffix} file (got {path})")
-    if path.is_dir():
-        raise UserError(f"{option} {path} is a folder, not a file")
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise UserError(f"cannot write {option} {path}: {folder} is not a writable folder")
-
-
 def unet_flops(pipe: Pipeline, request) -> UnetFlops | None:
     """FLOPs of one UNet call of `request` counted from the graph file; None (with a note) if it cannot be read."""
     cfg = pipe.uses_cfg(request.guidance)
@@ -187,7 +172,7 @@ def run_bench(model: Path, steps: str, schedulers: str | None, prompts: int | No
     check_output(plot_path, "--plot", ".png")
     started = time.perf_counter()
     pipe = Pipeline.load(resolve_model(model), compile_cache=compile_cache, inference_precision=inference_precision,
-                         deepcache=deepcache, tiny_vae=tiny_vae)
+                         deepcache=deepcache, tiny_vae=tiny_vae, log=lambda line: typer.echo(line, err=True))
     compile_s = time.perf_counter() - started
     if names is None:
         names = [pipe.default_sampler()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -46,9 +47,9 @@ def user_errors(command):
         except UserError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            typer.echo("terminated" if isinstance(exc, Terminated) else "interrupted", err=True)
+            raise typer.Exit(TERMINATED_EXIT if isinstance(exc, Terminated) else 130) from None
 
     return wrapper
 
@@ -120,7 +121,7 @@ def generate(
     height: Optional[int] = typer.Option(None, "--height", help="Image height, a multiple of 8. Default: the model's native size."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="euler, euler-a, ddim, dpm++2m, dpm++2m-karras, lcm, pndm. Default: the one the model's scheduler config names."),
     batch: int = typer.Option(1, "--batch", help="Number of images; image i uses seed+i."),
-    output: Path = typer.Option(Path("sdcpu.png"), "--output", "-o", help="PNG path; with --batch N, -SEED is added to each name."),
+    output: str = typer.Option("sdcpu.png", "--output", "-o", help="PNG path, or a folder to write sdcpu.png in (an existing one, or any path ending in /); with --batch N, -SEED is added to each name."),
     from_image: Optional[Path] = typer.Option(None, "--from", help="Re-run with the parameters recorded in this PNG (ours or Automatic1111's); options you give override them, e.g. --from preview.png --steps 30."),
     interactive: bool = typer.Option(False, "--interactive", "-i", help="Ask for model, prompt, steps and seed, showing the defaults (Enter takes them)."),
     preview_every: Optional[int] = typer.Option(None, "--preview-every", help="Every K steps, write the current denoised estimate as OUTPUT-stepNNN.png."),
@@ -188,7 +189,7 @@ def grid(
     width: Optional[int] = typer.Option(None, "--width", help="Image width, a multiple of 8. Default: the model's native size."),
     height: Optional[int] = typer.Option(None, "--height", help="Image height, a multiple of 8. Default: the model's native size."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="euler, euler-a, ddim, dpm++2m, dpm++2m-karras, lcm, pndm. Default: the one the model's scheduler config names."),
-    output: Path = typer.Option(Path("grid.png"), "--output", "-o", help="Contact sheet PNG; each cell is also written beside it as STEM-s<steps>-seed<seed>[-g<guidance>].png with its parameters."),
+    output: str = typer.Option("grid.png", "--output", "-o", help="Contact sheet PNG (a folder: grid.png inside); each cell is also written beside it as STEM-s<steps>-seed<seed>[-g<guidance>].png with its parameters."),
     compile_cache: bool = typer.Option(True, "--compile-cache/--no-compile-cache", help="Keep OpenVINO's compiled graphs in $SDCPU_CACHE_DIR (default ~/.cache/sdcpu/openvino) so the next start is fast."),
     inference_precision: str = typer.Option("auto", "--inference-precision", help=INFERENCE_PRECISION_HELP),
     deepcache: Optional[int] = typer.Option(None, "--deepcache", help=DEEPCACHE_HELP),
@@ -267,8 +268,31 @@ def version():
     typer.echo(f"sdcpu {engine.__version__}")
 
 
+TERMINATED_EXIT = 128 + signal.SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every command cleans up the same way (staging folders, temp files)."""
+
+    received = False
+
+
+def _raise_terminated(signum, frame) -> None:
+    """First SIGTERM: stop like Ctrl-C; later ones are ignored so the clean-up can finish."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    Terminated.received = True
+    raise Terminated()
+
+
 def main() -> None:
-    app(prog_name="sdcpu")
+    """The console script: SIGTERM behaves like Ctrl-C (one line, clean-up) but exits 143."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        app(prog_name="sdcpu")
+    except SystemExit:
+        if Terminated.received:
+            raise SystemExit(TERMINATED_EXIT) from None
+        raise
 
 
 if __name__ == "__main__":

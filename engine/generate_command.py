@@ -16,10 +16,11 @@ from engine.interactive import ask_options
 from engine.local_models import resolve_model
 from engine.manifest import load_manifest
 from engine.noise import resolve_seed
+from engine.output_files import check_writable, explained_write_errors, png_bytes_bound, resolve_png_output
 from engine.pipeline import Pipeline, Request
 from engine.pngmeta import GenerationParams, save_png
 from engine.preview import check_preview_options, preview_kind, preview_paths, preview_writer
-from engine.reproduce import Options, merge_from_png, png_params
+from engine.reproduce import Options, merge_from_png
 from models.registry import DEFAULT_MODEL, model_guidance, model_size, model_steps, step_advice
 
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_inv_fmt}]"
@@ -48,8 +49,8 @@ def build_request(pipe: Pipeline, prompt: str, negative_prompt: str, steps, guid
 
 
 def output_paths(output: Path, seeds: list[int]) -> list[Path]:
-    """One path per image: OUTPUT itself for one image, OUTPUT-SEED.png for a batch."""
-    output = output if output.suffix.lower() == ".png" else output.with_suffix(".png")
+    """One path per image: OUTPUT itself for one image, OUTPUT-SEED.png for a batch (a folder: sdcpu.png inside)."""
+    output = resolve_png_output(output, "sdcpu.png")
     if len(seeds) == 1:
         return [output]
     return [output.with_name(f"{output.stem}-{s}{output.suffix}") for s in seeds]
@@ -92,10 +93,10 @@ def _report_timings(result, steps: int) -> None:
 def resolve_options(given: Options, from_image: Path | None, interactive: bool) -> Options:
     """--from fills what was not given; no prompt (or -i) asks at the terminal; no model means the bundled one."""
     if from_image is not None:
-        recorded = png_params(from_image)
-        if given.model is None and recorded.model:
-            given = replace(given, model=_model_named_in_png(recorded.model, from_image))
-        given = merge_from_png(given, recorded)
+        merged = merge_from_png(given, from_image)
+        if given.model is None and merged.model is not None:
+            merged = replace(merged, model=_model_named_in_png(merged.model, from_image))
+        given = merged
     if interactive or given.prompt is None:
         given = ask_options(given)
     if given.model is None:
@@ -118,6 +119,7 @@ def _precision_for(folder: Path, chosen: str | None, given: str | None) -> str |
 
 
 def _model_named_in_png(name: str, image: Path) -> str:
+    """The folder of the model a PNG names; a UserError pointing at --model when it is not found here."""
     try:
         return str(resolve_model(name))
     except UserError:
@@ -138,6 +140,8 @@ def _notes(pipe: Pipeline, request: Request, seed_given: int | None) -> None:
         note(advice)
     if request.negative_prompt and not pipe.uses_cfg(request.guidance):
         note("the negative prompt is unused without classifier-free guidance")
+    for label, (count, limit) in pipe.overlong_prompts(request).items():
+        note(f"the {label} is {count} tokens long; only its first {limit} are used (the rest is cut, as diffusers does)")
     if seed_given is None or seed_given == -1:
         typer.echo(f"seed: {request.seed}", err=True)
 
@@ -156,7 +160,7 @@ def _preview_callback(pipe: Pipeline, request: Request, output: Path, every: int
 
 def run_generate(prompt: str | None = None, model=None, negative_prompt: str | None = None, steps=None,
                  guidance=None, seed: int | None = None, width=None, height=None, scheduler=None, batch: int = 1,
-                 output: Path = Path("sdcpu.png"), compile_cache: bool = True, from_image: Path | None = None,
+                 output: Path | str = Path("sdcpu.png"), compile_cache: bool = True, from_image: Path | None = None,
                  interactive: bool = False, preview_every: int | None = None,
                  preview: str = "linear", inference_precision: str | None = None,
                  deepcache: int | None = None, tiny_vae: bool | None = None) -> list[Path]:
@@ -167,21 +171,27 @@ def run_generate(prompt: str | None = None, model=None, negative_prompt: str | N
                     inference_precision=inference_precision, deepcache=deepcache, tiny_vae=tiny_vae)
     o = resolve_options(given, from_image, interactive)
     folder = resolve_model(o.model)
+    target = resolve_png_output(output, "sdcpu.png")
+    check_writable(target, 0)
     pipe = Pipeline.load(folder, compile_cache=compile_cache,
                          inference_precision=_precision_for(folder, o.inference_precision, inference_precision),
-                         deepcache=o.deepcache, tiny_vae=bool(o.tiny_vae))
+                         deepcache=o.deepcache, tiny_vae=bool(o.tiny_vae), log=lambda line: typer.echo(line, err=True))
     request = build_request(pipe, o.prompt, o.negative_prompt or "", o.steps, o.guidance,
                             -1 if o.seed is None else o.seed, o.width, o.height, o.scheduler, batch)
     pipe.validate(request)
+    seeds = [request.seed + i for i in range(batch)]
+    paths = output_paths(target, seeds)
+    previews = request.steps // preview_every if preview_every else 0
+    needed = png_bytes_bound(request.width, request.height, batch * (1 + previews))
+    check_writable(paths[0], needed)
     pipe.fit_static_shapes(request, log=lambda line: typer.echo(line, err=True))
     _notes(pipe, request, o.seed)
-    seeds = [request.seed + i for i in range(batch)]
-    on_denoised = _preview_callback(pipe, request, Path(output), preview_every, preview, seeds)
+    on_denoised = _preview_callback(pipe, request, target, preview_every, preview, seeds)
     with progress_bar(request.steps) as bar:
         result = pipe.generate(request, on_step=lambda i, n: _advance(bar, i, n), on_denoised=on_denoised)
-    paths = output_paths(Path(output), result.seeds)
     for path, image, image_seed in zip(paths, result.images, result.seeds):
-        save_png(path, image, params_for(pipe, request, image_seed))
+        with explained_write_errors(path, needed):
+            save_png(path, image, params_for(pipe, request, image_seed))
         typer.echo(f"wrote {path} (seed {image_seed})")
     _report_timings(result, request.steps)
     return paths

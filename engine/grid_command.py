@@ -25,6 +25,7 @@ from engine.generate_command import build_request, default_model, params_for, pr
 from engine.local_models import resolve_model
 from engine.markdown import plural
 from engine.noise import SEED_LIMIT, resolve_seed
+from engine.output_files import check_writable, explained_write_errors, png_bytes_bound, resolve_png_output
 from engine.pipeline import Pipeline, Request
 from engine.pngmeta import PARAMETERS_KEY, TINY_VAE_LABEL, format_number, quote, save_png
 from models.registry import FAMILIES, model_steps
@@ -179,30 +180,35 @@ def notes(pipe: Pipeline, rows: list[list[Request]], random_seed: bool) -> None:
 
 def run_grid(prompt: str, model: str | Path | None = None, steps: str | None = None, seeds: str | None = None,
              guidance: str | None = None, negative_prompt: str = "", width=None, height=None, scheduler=None,
-             output: Path = Path("grid.png"), compile_cache: bool = True,
+             output: Path | str = Path("grid.png"), compile_cache: bool = True,
              inference_precision: str | None = None, deepcache: int | None = None,
              tiny_vae: bool = False) -> GridResult:
     """Check the lists, load the model, render every cell, write the singles and the labelled sheet."""
     started = time.perf_counter()
     steps_list, seed_list, guidances = parse_lists(steps, seeds, guidance)
     pipe = Pipeline.load(resolve_model(model) if model else default_model(), compile_cache=compile_cache,
-                         inference_precision=inference_precision, deepcache=deepcache, tiny_vae=tiny_vae)
+                         inference_precision=inference_precision, deepcache=deepcache, tiny_vae=tiny_vae,
+                         log=lambda line: typer.echo(line, err=True))
     steps_list = steps_list or default_steps(pipe)
     seed_list = seed_list or [resolve_seed(-1)]
     check_cell_count(len(steps_list) * len(seed_list) * len(guidances))
     rows = build_rows(pipe, prompt, negative_prompt, steps_list, seed_list, guidances, width, height, scheduler)
     check_requests(pipe, rows)
+    output = resolve_png_output(output, "grid.png")
+    cells = sum(len(row) for row in rows)
+    needed = png_bytes_bound(rows[0][0].width, rows[0][0].height, 2 * cells)
+    check_writable(output, needed)
     notes(pipe, rows, random_seed=seeds is None)
     images, seconds = render(pipe, rows)
 
-    output = Path(output) if Path(output).suffix.lower() == ".png" else Path(output).with_suffix(".png")
     several = len(guidances) > 1
-    singles = [save_png(single_path(output, request, several), image, params_for(pipe, request, request.seed))
-               for row, row_images in zip(rows, images) for request, image in zip(row, row_images)]
     row_labels = [row_label(row[0].seed, row[0].guidance, several) for row in rows]
     column_labels = [plural(request.steps, "step") for request in rows[0]]
     captions = [[f"{s:.1f} s" for s in row] for row in seconds]
-    save_sheet(output, contact_sheet(images, row_labels, column_labels, captions), grid_infotext(rows, pipe))
+    with explained_write_errors(output, needed):
+        singles = [save_png(single_path(output, request, several), image, params_for(pipe, request, request.seed))
+                   for row, row_images in zip(rows, images) for request, image in zip(row, row_images)]
+        save_sheet(output, contact_sheet(images, row_labels, column_labels, captions), grid_infotext(rows, pipe))
     layout = sheet_layout(len(rows), len(column_labels), rows[0][0].width, rows[0][0].height,
                           row_labels, column_labels, captions)
     elapsed = time.perf_counter() - started

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import UserError
-from engine.manifest import MANIFEST_NAME, Manifest, load_manifest
+from engine.manifest import MANIFEST_NAME, STAGING_NAME, Manifest, leftover_message, load_manifest
 from engine.markdown import markdown_table
 from models.registry import FAMILIES, SHAPES_MODEL_DIR, model_guidance, model_size, model_steps
 
@@ -87,11 +87,23 @@ def resolve_model(model: str | Path) -> Path:
     if len(matches) > 1:
         where = ", ".join(str(m.path) for m in matches)
         raise UserError(f"model name {str(model)!r} matches several folders ({where}); pass the folder")
+    leftovers = leftover_exports(path)
+    if leftovers:
+        raise UserError(f"{path} does not exist: {leftover_message(leftovers[0])}")
     known = sorted({m.name for m in find_models()})
     listed = f"; models found: {', '.join(known)}" if known else ""
     dirs = ", ".join(str(d) for d in search_dirs())
     raise UserError(f"model {str(model)!r} not found: no such folder, and no exported model of that name in "
                     f"{dirs}{listed} (see `sdcpu models`)")
+
+
+def leftover_exports(out_dir: Path) -> list[Path]:
+    """Staging folders an interrupted `sdcpu export ... OUT_DIR` left beside OUT_DIR."""
+    try:
+        siblings = list(out_dir.parent.iterdir())
+    except OSError:
+        return []
+    return sorted(p for p in siblings if (m := STAGING_NAME.match(p.name)) and m["target"] == out_dir.name)
 
 
 def families_table() -> str:

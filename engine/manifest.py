@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ MANIFEST_SCHEMA = 1
 FORMATS = ("openvino", "onnx")
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 TINY_VAE_DECODER = "vae_decoder_tiny"
+STAGING_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<kind>partial|old)-(?P<pid>[0-9]+)$")
+RE_EXPORT = "re-run sdcpu export"
 
 
 @dataclass
@@ -59,6 +63,10 @@ class Manifest:
     lora: dict[str, Any] | None = None
     tiny_vae: str | None = None
     quality: dict[str, Any] = field(default_factory=dict)
+    complete: bool | None = None
+    """True only in the manifest written last, just before the folder is renamed into place; False in the
+    ones written while exporting; None (absent) in exports made before sdcpu recorded it, whose exporter
+    also renamed a folder into place only once it was complete."""
     schema: int = MANIFEST_SCHEMA
 
     def to_json(self) -> str:
@@ -68,6 +76,9 @@ class Manifest:
     def from_dict(cls, data: dict[str, Any]) -> "Manifest":
         data = dict(data)
         data["components"] = {k: ComponentEntry(**v) for k, v in data["components"].items()}
+        listless = [k for k, v in data["components"].items() if not isinstance(v.files, list)]
+        if listless:
+            raise ValueError(f"components.{listless[0]}.files must be a list")
         data["default_size"] = tuple(data["default_size"])
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
@@ -80,27 +91,123 @@ def write_manifest(folder: Path, manifest: Manifest) -> Path:
     return atomic_write(Path(folder) / MANIFEST_NAME, lambda file: file.write(manifest.to_json().encode()))
 
 
+def staging_folder(out_dir: Path, kind: str = "partial") -> Path:
+    """Where this process builds OUT_DIR (kind partial), or parks the folder it replaces (kind old)."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / f".{out_dir.name}.{kind}-{os.getpid()}"
+
+
+def staging_pid(path: Path) -> int | None:
+    """The exporting process's id if PATH is named like a staging folder (.NAME.partial-PID, .NAME.old-PID)."""
+    match = STAGING_NAME.match(Path(path).name)
+    return int(match["pid"]) if match else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (it may belong to another user); unknown counts as alive."""
+    if pid <= 0:
+        return False
+    if os.name == "nt":
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def leftover_message(folder: Path) -> str:
+    """Why a staging folder is not a model: unfinished, still being written, or a replaced export."""
+    match = STAGING_NAME.match(folder.name)
+    pid = int(match["pid"])
+    if pid_alive(pid):
+        return f"{folder} is an export still being written by process {pid}; wait for it to finish"
+    if match["kind"] == "old":
+        return f"{folder} is an export that an interrupted `sdcpu export --overwrite` was replacing; {RE_EXPORT}"
+    return f"{folder} is an unfinished export (interrupted?); {RE_EXPORT}"
+
+
+def _staging_around(folder: Path) -> Path | None:
+    """The staging folder FOLDER is or lies in, if any."""
+    real = folder.resolve()
+    return next((p for p in (real, *real.parents) if staging_pid(p) is not None), None)
+
+
+def _built_here(staging: Path | None) -> bool:
+    """Whether this process is the export building STAGING (it reads its own fp32 stage back)."""
+    return staging is not None and staging_pid(staging) == os.getpid()
+
+
 def load_manifest(folder: Path) -> Manifest:
-    """Read and check a model folder; any missing or corrupt piece is a UserError."""
+    """Read and check a model folder; any missing, corrupt, unfinished or escaping piece is a UserError."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"model folder not found: {folder}")
+    staging = _staging_around(folder)
+    if staging is not None and not _built_here(staging):
+        raise UserError(leftover_message(staging))
     path = folder / MANIFEST_NAME
     if not path.is_file():
         raise UserError(
             f"{folder} is not an exported sdcpu model (no {MANIFEST_NAME}); "
             "create one with `sdcpu export SOURCE OUT_DIR`"
         )
+    _require_inside(folder, path, MANIFEST_NAME, MANIFEST_NAME)
     try:
         manifest = Manifest.from_dict(json.loads(path.read_text()))
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise UserError(f"corrupt {path}: {exc}") from None
     if manifest.schema != MANIFEST_SCHEMA:
         raise UserError(f"{path} has manifest schema {manifest.schema}; this sdcpu reads {MANIFEST_SCHEMA}")
     if manifest.format not in FORMATS:
         raise UserError(f"{path}: unknown format {manifest.format!r}")
+    _check_confined(folder, manifest)
+    if manifest.complete is False and not _built_here(staging):
+        raise UserError(f"{folder} is an unfinished export (interrupted?); {RE_EXPORT}")
     _check_files(folder, manifest)
     return manifest
+
+
+def manifest_paths(manifest: Manifest) -> list[tuple[str, Any]]:
+    """Every path a manifest names, with the field it is in (as written in manifest.json)."""
+    fields = []
+    for name, entry in manifest.components.items():
+        fields.append((f"components.{name}.file", entry.file))
+        fields += [(f"components.{name}.files[{i}]", f) for i, f in enumerate(entry.files)]
+    fields += [("tokenizer", manifest.tokenizer), ("scheduler_config", manifest.scheduler_config)]
+    fields += [("tokenizer_2", manifest.tokenizer_2)] if manifest.tokenizer_2 is not None else []
+    return fields
+
+
+def _check_confined(folder: Path, manifest: Manifest) -> None:
+    """Each path the manifest names, and everything in the folders holding them (a graph's external data,
+    a tokenizer's files), resolves inside the model folder, symlinks followed."""
+    fields = manifest_paths(manifest)
+    for name, value in fields:
+        if not isinstance(value, str) or not value or Path(value).is_absolute():
+            raise UserError(f"{folder / MANIFEST_NAME}: {name} must be a path relative to the model folder "
+                            f"(got {value!r}); refusing to read it")
+        _require_inside(folder, folder / value, name, value)
+    holders = {}
+    for name, value in fields:
+        target = folder / value
+        holders.setdefault(target if target.is_dir() else target.parent, (name, value))
+    for holder, (name, value) in holders.items():
+        for inner in sorted(holder.rglob("*")):
+            _require_inside(folder, inner, f"{name} ({inner.relative_to(folder)})", value)
+
+
+def _require_inside(folder: Path, target: Path, name: str, value: str) -> None:
+    """A UserError naming the field unless TARGET, symlinks followed, lies strictly inside FOLDER."""
+    root, real = folder.resolve(), target.resolve()
+    if real != root and real.is_relative_to(root):
+        return
+    written_inside = os.path.normpath(os.path.abspath(target)).startswith(os.path.abspath(folder) + os.sep)
+    via = " through a symlink" if written_inside else ""
+    raise UserError(f"{folder / MANIFEST_NAME}: {name} = {value!r} leads outside the model folder{via}; "
+                    "refusing to read it")
 
 
 def required_components(manifest: Manifest) -> tuple[str, ...]:

@@ -23,10 +23,12 @@ from engine.errors import UserError
 from engine.manifest import TINY_VAE_DECODER, Manifest, load_manifest
 from engine.noise import SEED_LIMIT, TorchCompatibleNoise
 from engine.samplers import SAMPLERS, default_sampler_for, run_sampler
+from engine.size_limits import check_size_limits
 from engine.schedules import make_schedule
 from engine.tokenizer import ClipTokenizer
 
 StepCallback = Callable[[int, int], None]
+MAX_GUIDANCE = 100.0
 DenoisedCallback = Callable[[int, int, np.ndarray], None]
 
 
@@ -81,8 +83,11 @@ class Pipeline:
 
     @classmethod
     def load(cls, folder: Path, compile_cache: bool = True, inference_precision: str | None = None,
-             deepcache: int | None = None, tiny_vae: bool = False) -> "Pipeline":
+             deepcache: int | None = None, tiny_vae: bool = False,
+             log: Callable[[str], None] | None = None) -> "Pipeline":
         """Check the folder against its manifest, then compile its graphs (OpenVINO: through the compile cache).
+
+        `log` receives one-line notes (a compile-cache folder found corrupt and rebuilt, say).
 
         `deepcache=N` runs the full UNet every N-th call and its shallow branch in between (engine/deepcache.py).
         `tiny_vae` decodes with the export's `vae_decoder_tiny` (TAESD) and does not compile `vae_decoder`.
@@ -106,7 +111,7 @@ class Pipeline:
         for name, entry in manifest.components.items():
             if name not in skipped:
                 graphs[name] = load_graph(
-                    folder, name, entry, manifest.format, manifest.precision, cache_dir, inference_precision)
+                    folder, name, entry, manifest.format, manifest.precision, cache_dir, inference_precision, log)
         if deepcache is not None:
             graphs["unet"] = DeepCacheUNet(graphs.pop(DEEP), graphs.pop(SHALLOW), deepcache)
         if tiny_vae:
@@ -199,8 +204,17 @@ class Pipeline:
             make_schedule(request.sampler, self.scheduler_config, request.steps)
         except ValueError as exc:
             raise UserError(f"scheduler {request.sampler}: {exc}") from None
-        if not math.isfinite(request.guidance) or request.guidance < 0:
-            raise UserError(f"--guidance must be a number >= 0 (got {request.guidance})")
+        if not math.isfinite(request.guidance) or not 0 <= request.guidance <= MAX_GUIDANCE:
+            raise UserError(f"--guidance must be a number from 0 to {MAX_GUIDANCE:g} (got {request.guidance})")
+        check_size_limits(request.width, request.height, request.batch, self.manifest.latent_channels)
+
+    def overlong_prompts(self, request: Request) -> dict[str, tuple[int, int]]:
+        """The prompts longer than the text encoder reads, as {label: (tokens, tokens used)}."""
+        tokenizer = self.tokenizers[0]
+        limit = tokenizer.max_length - 2
+        prompts = {"prompt": request.prompt, "negative prompt": request.negative_prompt}
+        counts = {label: tokenizer.count(text) for label, text in prompts.items() if text}
+        return {label: (count, limit) for label, count in counts.items() if count > limit}
 
     def conditioning(self, request: Request, cfg: bool) -> dict[str, np.ndarray]:
         """The text encoders' inputs to the UNet (prompt embeddings; SDXL: pooled and time ids too)."""

@@ -6,7 +6,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from engine.errors import UserError
-from engine.pngmeta import GenerationParams, params_from_text, parse_parameters, read_parameters
+from engine.pngmeta import (GenerationParams, generation_fields, params_from_text, parse_parameters,
+                            read_field, read_parameters)
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,10 @@ class Options:
     inference_precision: str | None = None
     deepcache: int | None = None
     tiny_vae: bool | None = None
+
+
+PARAMS_NAME = {"scheduler": "sampler"}  # an Options name -> its GenerationParams name, where they differ
+EMPTY_MEANS_NOT_RECORDED = ("model", "inference_precision")
 
 
 def png_text(path: Path) -> str:
@@ -59,14 +64,26 @@ def describe_png(path: Path) -> str:
                      if value != "" or key == "Prompt")
 
 
-def merge_from_png(given: Options, recorded: GenerationParams) -> Options:
-    """The PNG's parameters, with every option the user gave taking precedence."""
-    from_png = Options(
-        prompt=recorded.prompt, negative_prompt=recorded.negative_prompt, model=recorded.model or None,
-        steps=recorded.steps, guidance=recorded.guidance, seed=recorded.seed, width=recorded.width,
-        height=recorded.height, scheduler=recorded.sampler,
-        inference_precision=recorded.inference_precision or None, deepcache=recorded.deepcache,
-        tiny_vae=recorded.tiny_vae,
-    )
-    overrides = {name: value for name, value in given.__dict__.items() if value is not None}
-    return replace(from_png, **overrides)
+def png_fields(path: Path) -> dict[str, str]:
+    """The infotext fields of a PNG, unchecked; a one-line error if it records no generation settings."""
+    try:
+        return generation_fields(png_text(path))
+    except ValueError as exc:
+        raise UserError(f"{path}: {exc}") from None
+
+
+def recorded_option(fields: dict[str, str], name: str, path: Path):
+    """Option NAME as the PNG records it (None when not recorded); a one-line error naming the flag if it is bad."""
+    try:
+        value = read_field(fields, PARAMS_NAME.get(name, name))
+    except ValueError as exc:
+        flag = "--" + name.replace("_", "-")
+        raise UserError(f"{path}: {exc}; pass {flag} to override it") from None
+    return None if name in EMPTY_MEANS_NOT_RECORDED and value == "" else value
+
+
+def merge_from_png(given: Options, path: Path) -> Options:
+    """GIVEN with every option left out taken from the PNG at PATH; only those fields are read and checked."""
+    fields = png_fields(path)
+    left_out = [name for name, value in vars(given).items() if value is None]
+    return replace(given, **{name: recorded_option(fields, name, path) for name in left_out})

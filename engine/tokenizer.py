@@ -227,6 +227,10 @@ class ClipTokenizer:
             row[: len(tokens)] = tokens
         return ids
 
+    def count(self, prompt: str) -> int:
+        """How many tokens PROMPT has, without BOS/EOS and before truncation."""
+        return len(self.backend.encode(prompt, add_special_tokens=False).ids)
+
     def save(self, folder: Path) -> None:
         """Write tokenizer.json and a tokenizer_config.json that from_folder and transformers both read."""
         folder = Path(folder)

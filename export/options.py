@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import UserError
-from engine.manifest import FORMATS
+from engine.manifest import FORMATS, staging_pid
 from export.precision import PRECISIONS, QUANT_MODES
 
 SINGLE_FILE_FAMILIES = ("sd15", "lcm", "sdxl", "sdxl-turbo")
@@ -66,6 +66,18 @@ class ExportOptions:
             raise UserError(f"--lora-scale must be a finite number (got {self.lora_scale})")
         if self.batch is not None and self.batch < 1:
             raise UserError(f"--batch must be at least 1 (got {self.batch})")
+        self.check_out_dir(out_dir)
+
+    def check_out_dir(self, out_dir: Path) -> None:
+        """OUT_DIR must be a folder (or not exist yet), not named like a staging folder, empty unless --overwrite."""
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UserError(f"OUT_DIR {out_dir} is a file, not a folder; give a folder to export into")
+        blocking = next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise UserError(f"cannot export into {out_dir}: {blocking} is a file, not a folder")
+        if staging_pid(out_dir) is not None:
+            raise UserError(f"OUT_DIR {out_dir.name} is named like sdcpu's staging folders (.NAME.partial-PID); "
+                            "choose another name")
         if out_dir.exists() and any(out_dir.iterdir()) and not self.overwrite:
             raise UserError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
 

@@ -8,14 +8,23 @@ fetching a tokenizer for the shipped configs.
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
 import models
 from engine.errors import UserError
 from export.ldm_layout import SD15_CLIP_PREFIX, SDXL_CLIP_PREFIX, SDXL_OPEN_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
-from export.source import _first_line, quiet_libraries
+from export.source import (
+    COMPONENT_CLASSES,
+    PICKLE_SUFFIXES,
+    _first_line,
+    check_index,
+    component_class,
+    conversion_hint,
+    quiet_libraries,
+    read_model_index,
+    refuse_custom_code,
+)
 
 FAMILIES = ("sd15", "lcm", "sdxl", "sdxl-turbo")
 CONFIG_FOLDERS = {"sd15": ("sd15",), "lcm": ("lcm",), "sdxl": ("sdxl", "sdxl-turbo"), "sdxl-turbo": ("sdxl-turbo",)}
@@ -25,7 +34,6 @@ HUB_TOKENIZERS = {
     "sdxl": "stabilityai/sdxl-turbo",
     "sdxl-turbo": "stabilityai/sdxl-turbo",
 }
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 COND_PROJ = UNET_PREFIX + "time_embed.cond_proj.weight"
 SCHEDULER_FILE = "scheduler_config.json"
 
@@ -109,15 +117,21 @@ class SingleFileSource:
         index_file = self.config_dir / "model_index.json"
         if not index_file.is_file():
             raise UserError(f"{self.config_dir} is not a diffusers pipeline folder (no model_index.json)")
-        self.index = json.loads(index_file.read_text())
+        self.index = read_model_index(index_file, str(self.config_dir))
+        check_index(self.index, str(self.config_dir))
+        for name in COMPONENT_CLASSES:
+            if self.has(name):
+                refuse_custom_code(self.config_dir / name, str(self.config_dir), name)
         if self.has("text_encoder_2") != self.family.startswith("sdxl"):
             raise UserError(f"config {self.config_dir} does not match this {self.family} checkpoint")
 
     def _check_file(self) -> None:
         suffix = self.path.suffix.lower()
         if suffix in PICKLE_SUFFIXES:
+            hint = conversion_hint("StableDiffusionPipeline", str(self.path), "from_single_file")
             raise UserError(f"{self.path.name}: only .safetensors checkpoints are supported ({suffix} files are "
-                            "Python pickles that can run code when loaded)")
+                            f"Python pickles that can run code when loaded); convert it once, in an environment "
+                            f"you trust (StableDiffusionXLPipeline for SDXL): {hint}")
         if suffix != ".safetensors":
             raise UserError(f"{self.path.name}: not a .safetensors checkpoint")
         if not self.path.is_file():
@@ -142,8 +156,7 @@ class SingleFileSource:
     def _class(self, name: str):
         if not self.has(name):
             raise UserError(f"{self.config_dir} has no {name} component")
-        library, class_name = self.index[name]
-        return getattr(importlib.import_module(library), class_name)
+        return component_class(name, self.index[name], str(self.config_dir))
 
     def config(self, name: str) -> dict:
         """The diffusers config of `name` from the config folder; the UNet's matches the file's guidance embedding."""
@@ -214,7 +227,8 @@ class SingleFileSource:
 
     def _instantiate(self, cls, name: str):
         if cls.__module__.startswith("transformers"):
-            return cls(cls.config_class.from_pretrained(self.config_dir / name))
+            return cls(cls.config_class.from_pretrained(self.config_dir / name, local_files_only=True,
+                                                        trust_remote_code=False))
         return cls.from_config(self.config(name))
 
     def _build(self, name: str, cls, state_of):
@@ -252,8 +266,9 @@ class SingleFileSource:
         folder = self.config_dir / name
         if not _has_tokenizer_files(folder):
             folder = self._hub_tokenizer(name)
+            refuse_custom_code(folder, HUB_TOKENIZERS[self.family], name)
         try:
-            return cls.from_pretrained(str(folder))
+            return cls.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
         except (OSError, ValueError) as exc:
             raise UserError(f"could not load {name} from {folder}: {_first_line(exc)}") from None
 

@@ -12,7 +12,15 @@ import inspect
 from pathlib import Path
 
 from engine.errors import UserError
-from export.source import _first_line, _looks_like_hub_id
+from export.source import (
+    _first_line,
+    _looks_like_hub_id,
+    conversion_hint,
+    file_names,
+    loader_kwargs,
+    refuse_custom_code,
+    refuse_pickles,
+)
 
 RANDOM = "random"
 RANDOM_ORIGIN = "random-weights:taesd"
@@ -28,6 +36,15 @@ def _location(tiny: str) -> str:
     if _looks_like_hub_id(tiny) and not path.exists():
         return tiny
     raise UserError(f"--tiny-vae takes a diffusers {CLASS_NAME} folder, a hub id or '{RANDOM}' (got {tiny!r})")
+
+
+def _check_local_folder(tiny: str, where: str) -> None:
+    """A local folder has no custom-code config and safetensors weights (a hub id gets use_safetensors=True)."""
+    folder = Path(where)
+    if folder.is_dir():
+        label = f"--tiny-vae {tiny}"
+        refuse_custom_code(folder, label, "the tiny VAE")
+        refuse_pickles(file_names(folder), label, "the tiny VAE", conversion_hint(CLASS_NAME, tiny))
 
 
 def tiny_vae_origin(tiny: str) -> str:
@@ -50,6 +67,7 @@ def _read_config(tiny: str) -> dict:
     where = _location(tiny)
     if Path(where).is_dir() and not (Path(where) / "config.json").is_file():
         raise UserError(f"--tiny-vae {tiny}: not a diffusers {CLASS_NAME} folder (no config.json)")
+    _check_local_folder(tiny, where)
     try:
         config = dict(AutoencoderTiny.load_config(where))
     except (OSError, ValueError) as exc:
@@ -81,8 +99,11 @@ def load_tiny_vae(tiny: str, latent_channels: int):
     if tiny == RANDOM:
         torch.manual_seed(RANDOM_SEED)
         return AutoencoderTiny(latent_channels=latent_channels).to(torch.float32).eval()
+    where = _location(tiny)
+    _check_local_folder(tiny, where)
+    kwargs = {**loader_kwargs(AutoencoderTiny), "local_files_only": Path(where).is_dir()}
     try:
-        module = AutoencoderTiny.from_pretrained(_location(tiny), dtype=torch.float32)
+        module = AutoencoderTiny.from_pretrained(where, **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"could not load tiny VAE {tiny}: {_first_line(exc)}") from None
     return module.eval()

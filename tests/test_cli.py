@@ -99,7 +99,7 @@ def test_export_errors(tiny_sources, tiny_exports, tmp_path):
     assert_user_error(["export", tiny_sources["sd15"], tmp_path / "o", "--precision", "int3"], "precision")
     assert_user_error(["export", tiny_sources["sd15"], tmp_path / "o", "--format", "tflite"], "format")
     assert_user_error(["export", tiny_sources["sd15"], tiny_exports["sd15", "onnx"]], "--overwrite")
-    assert_user_error(["export", "sdcpu-tests/no-such-model", tmp_path / "o"], "could not load")
+    assert_user_error(["export", "sdcpu-tests/no-such-model", tmp_path / "o"], "cannot reach the model hub")
 
 
 def test_interrupted_export_leaves_nothing_the_runtime_accepts(tiny_sources, tmp_path, monkeypatch):
