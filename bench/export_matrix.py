@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from engine.manifest import load_manifest
-from engine.markdown import table_header
+from sdcpu.engine.manifest import load_manifest
+from sdcpu.engine.measure.markdown import table_header
 
 COMBOS = [
     ("openvino", "fp32", "weights"), ("openvino", "fp16", "weights"), ("openvino", "int8", "weights"),
@@ -79,7 +79,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = []
     if args.tiny:
-        from export.tiny import build_tiny_pipeline
+        from sdcpu.export.tiny import build_tiny_pipeline
 
         for family in args.tiny.split(","):
             source = build_tiny_pipeline(args.out / "sources" / family, family=family)

@@ -14,17 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from engine.bench_report import machine_info, openvino_gemm_probe  # noqa: E402
-from engine.manifest import load_manifest  # noqa: E402
-from export.parity import psnr_db  # noqa: E402
+from sdcpu.engine.manifest import load_manifest
+from sdcpu.engine.measure.bench_report import machine_info, openvino_gemm_probe
+from sdcpu.export.parity import psnr_db
 
 
 def compile_variant(core, path: Path, hint: str, static: dict | None = None, streams: int = 1):

@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -57,7 +56,7 @@ def write_optimum_layout(sdcpu_folder: Path, out: Path, log=print) -> Path:
     `out` is built beside itself and moved into place; an existing `out` is replaced only when it
     is an earlier layout written by this function (it holds sdcpu_layout.json).
     """
-    from engine.manifest import load_manifest, required_components
+    from sdcpu.engine.manifest import load_manifest, required_components
 
     sdcpu_folder, out = Path(sdcpu_folder).resolve(), Path(out).resolve()
     manifest = load_manifest(sdcpu_folder)
@@ -176,7 +175,7 @@ def _config_root(manifest) -> Path:
     source = Path(manifest.source) if manifest.source and not manifest.source.startswith("random-weights:") else None
     if source is not None and (source / "model_index.json").is_file():
         return source
-    import models
+    import sdcpu.models as models
 
     shipped = Path(models.__file__).parent / "configs"
     for name in (manifest.family, "sdxl-turbo" if manifest.family == "sdxl" else None):
@@ -365,5 +364,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     main()

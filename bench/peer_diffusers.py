@@ -23,7 +23,7 @@ def build_pipeline(folder: str):
 
     if not folder.startswith(RANDOM_PREFIX):
         return diffusers.DiffusionPipeline.from_pretrained(folder)
-    from export.random_weights import RandomWeightsSource
+    from sdcpu.export.random_weights import RandomWeightsSource
 
     source = RandomWeightsSource(folder[len(RANDOM_PREFIX):])
     cls = getattr(diffusers, source.index["_class_name"])

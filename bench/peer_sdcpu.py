@@ -9,14 +9,14 @@ def versions() -> dict[str, str]:
     import onnxruntime
     import openvino
 
-    import engine
+    import sdcpu
 
-    return {"sdcpu": engine.__version__, "openvino": openvino.get_version(), "onnxruntime": onnxruntime.__version__}
+    return {"sdcpu": sdcpu.__version__, "openvino": openvino.get_version(), "onnxruntime": onnxruntime.__version__}
 
 
 def load(folder: Path, settings: dict):
     """An sdcpu export, compiled without the compile cache (so load time is comparable with the peers')."""
-    from engine.pipeline import Pipeline, Request
+    from sdcpu.engine.pipeline import Pipeline, Request
 
     pipe = Pipeline.load(folder, compile_cache=False, inference_precision=settings.get("inference_precision"),
                          deepcache=settings.get("deepcache"), tiny_vae=settings.get("tiny_vae", False))

@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from engine.bench_report import machine_info, openvino_gemm_probe  # noqa: E402
-from models.registry import family as family_defaults  # noqa: E402
+from sdcpu.engine.measure.bench_report import machine_info, openvino_gemm_probe
+from sdcpu.models.registry import family as family_defaults
 
 PROMPT = "a photo of a cat"
 STEP_COUNTS = {"sd15": "1,5", "lcm": "1,4", "sdxl-turbo": "1,2"}
@@ -85,7 +84,7 @@ EXPORTS = {  # folder kind -> (folder suffix, extra `sdcpu export` options)
 
 def model_folders(family: str, work: Path, kinds: set[str]) -> dict[str, str]:
     """Export what the chosen peers load, once per work folder (sdcpu exports, then the optimum layout)."""
-    sdcpu = [sys.executable, "-m", "engine.cli", "export", "--random-weights", family, "--no-quality-check"]
+    sdcpu = [sys.executable, "-m", "sdcpu.engine.cli.app", "export", "--random-weights", family, "--no-quality-check"]
     folders = {"random": f"random-weights:{family}"}
     for kind in sorted(kinds | ({"ov"} if "optimum" in kinds else set())):
         if kind not in EXPORTS:

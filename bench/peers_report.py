@@ -14,17 +14,15 @@ import argparse
 import json
 import shutil
 import statistics
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from engine.markdown import markdown_table  # noqa: E402
-from export.quality import image_psnr_db  # noqa: E402
+from sdcpu.engine.measure.markdown import markdown_table
+from sdcpu.export.quality import image_psnr_db
 
 HEADLINE_STEPS = {"sd15": 20, "lcm": 4, "sdxl-turbo": 1}
 PEERS_TO_BEAT = ("optimum-intel", "openvino-genai")

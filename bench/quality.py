@@ -5,7 +5,7 @@ Run by hand, not in CI (needs the export extra and a trained shapes model):
   python bench/quality.py [--source models/shapes/diffusers] [--out DIR] [--report bench/QUALITY.md]
 
 Exports fp32, fp16, int8 (weights) and int8 hybrid OpenVINO folders into OUT (kept and reused;
---fresh re-exports), then scores prompts x seeds with the shapes analyser (engine/quality.py):
+--fresh re-exports), then scores prompts x seeds with the shapes analyser (engine/measure/quality.py):
 (a) every precision at the family's default steps and scheduler, (b) fp32 at each step count with
 every scheduler the model's scheduler config can run.
 """
@@ -21,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.atomic import atomic_write
-from engine.bench_command import parse_ints, parse_schedulers, runnable_samplers
-from engine.errors import UserError
-from engine.pipeline import Pipeline
-from engine.quality import QualityRow, accuracy, quality_table, request_for, sweep
-from models.shapes.analyse import score
-from models.shapes.grammar import evaluation_prompts, parse_caption, sample_scenes
-from models.shapes.render import render
+from sdcpu.engine.atomic import atomic_write
+from sdcpu.engine.cli.bench import parse_ints, parse_schedulers, runnable_samplers
+from sdcpu.engine.errors import UserError
+from sdcpu.engine.measure.quality import QualityRow, accuracy, quality_table, request_for, sweep
+from sdcpu.engine.pipeline import Pipeline
+from sdcpu.models.shapes.analyse import score
+from sdcpu.models.shapes.grammar import evaluation_prompts, parse_caption, sample_scenes
+from sdcpu.models.shapes.render import render
 
 PRECISIONS = {"fp32": ("fp32", "weights"), "fp16": ("fp16", "weights"),
               "int8": ("int8", "weights"), "int8-hybrid": ("int8", "hybrid")}
@@ -45,8 +45,8 @@ def calibration_prompts(out: Path, count: int = 64) -> Path:
 
 def export_all(source: Path, out: Path, names: list[str], fresh: bool, samples: int) -> dict[str, Path]:
     """One OpenVINO folder per precision; an existing complete folder is reused unless `fresh`."""
-    from export.exporter import export_model
-    from export.options import ExportOptions
+    from sdcpu.export.exporter import export_model
+    from sdcpu.export.options import ExportOptions
 
     out.mkdir(parents=True, exist_ok=True)
     prompts = calibration_prompts(out)

@@ -1,7 +1,7 @@
 """Seconds per denoising step of an exported model, timed from outside the loop.
 
 Run by hand, not in CI:  python bench/step_latency.py --model DIR [--steps 10] [--runs 3]
-The timing itself lives in engine/latency.py (shared with `sdcpu bench`, which also sweeps step
+The timing itself lives in engine/measure/latency.py (shared with `sdcpu bench`, which also sweeps step
 counts and schedulers). Timings on a shared machine drift; quote medians and compare runs made side by side.
 """
 
@@ -11,8 +11,8 @@ import argparse
 import time
 from pathlib import Path
 
-from engine.latency import LATENCY_PROMPT, measure_latency
-from engine.pipeline import Pipeline, Request
+from sdcpu.engine.measure.latency import LATENCY_PROMPT, measure_latency
+from sdcpu.engine.pipeline import Pipeline, Request
 
 
 def main() -> None:

@@ -1,19 +1,4 @@
-"""sdcpu runtime: numpy scheduler loop over OpenVINO / ONNX Runtime models; never imports torch."""
+"""sdcpu.engine: the generation core (prompt -> conditioning -> seeded noise -> sampler loop -> VAE -> PNG); never imports torch, the CLI or the exporter."""
 
-import os
-import sys
-
-__version__ = "0.1.0"
-
-
-def keep_openvino_telemetry_off() -> None:
-    """`import openvino` starts its usage telemetry (files in ~/intel, events sent without asking).
-
-    sdcpu never needs it: unless SDCPU_OPENVINO_TELEMETRY=1, the telemetry package is made unimportable
-    before openvino loads, so OpenVINO falls back to its own no-op stub. Nothing else changes.
-    """
-    if os.environ.get("SDCPU_OPENVINO_TELEMETRY") != "1" and "openvino" not in sys.modules:
-        sys.modules.setdefault("openvino_telemetry", None)
-
-
-keep_openvino_telemetry_off()
+if __name__ != "sdcpu.engine":
+    raise ImportError("this folder installs as sdcpu.engine: import sdcpu.engine (pip install -e . in the checkout)")

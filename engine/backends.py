@@ -14,9 +14,9 @@ from typing import Callable
 
 import numpy as np
 
-from engine.compile_cache import Log, compile_through_cache
-from engine.errors import UserError
-from engine.manifest import ComponentEntry
+from sdcpu.engine.compile_cache import Log, compile_through_cache
+from sdcpu.engine.errors import UserError
+from sdcpu.engine.manifest import ComponentEntry
 
 BACKENDS = ("openvino", "onnx")
 INFERENCE_PRECISIONS = ("auto", "f32", "bf16")

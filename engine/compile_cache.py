@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
 
-from engine.atomic import atomic_write
+from sdcpu.engine.atomic import atomic_write
 
 LAYOUT_VERSION = 1
 RECORD_NAME = "build.json"

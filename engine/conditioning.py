@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 
-from engine.backends import Graph
-from engine.tokenizer import ClipTokenizer
+from sdcpu.engine.backends import Graph
+from sdcpu.engine.tokenizer import ClipTokenizer
 
 
 def guidance_scale_embedding(w: np.ndarray, dim: int) -> np.ndarray:

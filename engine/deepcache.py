@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.backends import Graph
-from engine.errors import UserError
+from sdcpu.engine.backends import Graph
+from sdcpu.engine.errors import UserError
 
 DEEP, SHALLOW, FEATURE = "unet_deep", "unet_shallow", "deep_feature"
 

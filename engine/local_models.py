@@ -6,10 +6,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import UserError
-from engine.manifest import MANIFEST_NAME, STAGING_NAME, Manifest, leftover_message, load_manifest
-from engine.markdown import markdown_table
-from models.registry import FAMILIES, SHAPES_MODEL_DIR, model_guidance, model_size, model_steps
+from sdcpu.engine.errors import UserError
+from sdcpu.engine.manifest import MANIFEST_NAME, STAGING_NAME, Manifest, leftover_message, load_manifest
+from sdcpu.models.registry import FAMILIES, SHAPES_MODEL_DIR, model_guidance, model_size, model_steps
 
 MODELS_ENV = "SDCPU_MODELS"
 DEFAULT_MODELS_DIR = Path("~/sdcpu-models")
@@ -104,21 +103,3 @@ def leftover_exports(out_dir: Path) -> list[Path]:
     except OSError:
         return []
     return sorted(p for p in siblings if (m := STAGING_NAME.match(p.name)) and m["target"] == out_dir.name)
-
-
-def families_table() -> str:
-    """The registry as a table: what a user gets by pressing Enter, per family."""
-    return markdown_table(
-        ["family", "model", "steps", "useful steps", "guidance", "size", "scheduler"],
-        ([f.name, f.title, f.default_steps, f"{f.useful_steps[0]}-{f.useful_steps[1]}", f.default_guidance,
-          f"{f.default_size[0]}x{f.default_size[1]}", f.scheduler] for f in FAMILIES.values()),
-    )
-
-
-def models_table(models: list[LocalModel]) -> str:
-    """Exported models found locally with the defaults generate uses for each."""
-    return markdown_table(
-        ["name", "family", "format", "precision", "steps", "guidance", "size", "path"],
-        ([m.name, m.manifest.family, m.manifest.format, m.manifest.precision, m.steps, m.guidance,
-          f"{m.size[0]}x{m.size[1]}", str(m.path)] for m in models),
-    )

@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.atomic import atomic_write
-from engine.errors import UserError
+from sdcpu.engine.atomic import atomic_write
+from sdcpu.engine.errors import UserError
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA = 1

@@ -15,17 +15,17 @@ from typing import Callable
 
 import numpy as np
 
-from engine.backends import Graph, default_cache_dir, load_graph
-from engine.conditioning import guidance_scale_embedding, sd_conditioning, sdxl_conditioning
-from engine.deepcache import DEEP, SHALLOW, DeepCacheUNet, check_interval, require_graphs
-from engine.denoisers import denoiser_from_eps, denoiser_from_v
-from engine.errors import UserError
-from engine.manifest import TINY_VAE_DECODER, Manifest, load_manifest
-from engine.noise import SEED_LIMIT, TorchCompatibleNoise
-from engine.samplers import SAMPLERS, default_sampler_for, run_sampler
-from engine.size_limits import check_size_limits
-from engine.schedules import make_schedule
-from engine.tokenizer import ClipTokenizer
+from sdcpu.engine.backends import Graph, default_cache_dir, load_graph
+from sdcpu.engine.conditioning import guidance_scale_embedding, sd_conditioning, sdxl_conditioning
+from sdcpu.engine.deepcache import DEEP, SHALLOW, DeepCacheUNet, check_interval, require_graphs
+from sdcpu.engine.denoisers import denoiser_from_eps, denoiser_from_v
+from sdcpu.engine.errors import UserError
+from sdcpu.engine.manifest import TINY_VAE_DECODER, Manifest, load_manifest
+from sdcpu.engine.noise import SEED_LIMIT, TorchCompatibleNoise
+from sdcpu.engine.samplers import SAMPLERS, default_sampler_for, run_sampler
+from sdcpu.engine.schedules import make_schedule
+from sdcpu.engine.size_limits import check_size_limits
+from sdcpu.engine.tokenizer import ClipTokenizer
 
 StepCallback = Callable[[int, int], None]
 MAX_GUIDANCE = 100.0

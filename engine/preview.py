@@ -15,8 +15,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from engine.errors import UserError
-from models.registry import FAMILIES
+from sdcpu.engine.errors import UserError
+from sdcpu.models.registry import FAMILIES
 
 PREVIEW_KINDS = ("linear", "vae")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from engine.errors import UserError
-from engine.pngmeta import (GenerationParams, generation_fields, params_from_text, parse_parameters,
-                            read_field, read_parameters)
+from sdcpu.engine.errors import UserError
+from sdcpu.engine.png_text import read_parameters
+from sdcpu.engine.pngmeta import GenerationParams, generation_fields, params_from_text, parse_parameters, read_field
 
 
 @dataclass(frozen=True)

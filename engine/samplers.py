@@ -12,8 +12,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from engine.denoisers import eps_from_model_output, lcm_denoised, model_output_from_denoised
-from engine.schedules import SAMPLER_SCHEDULERS, Schedule, make_schedule
+from sdcpu.engine.denoisers import eps_from_model_output, lcm_denoised, model_output_from_denoised
+from sdcpu.engine.schedules import SAMPLER_SCHEDULERS, Schedule, make_schedule
 
 Callback = Callable[[int, int, np.ndarray, np.ndarray], None]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from engine.errors import UserError
+from sdcpu.engine.errors import UserError
 
 DEFAULT_MAX_SIDE = 4096
 MAX_SIDE_VARIABLE = "SDCPU_MAX_SIDE"

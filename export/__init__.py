@@ -1,3 +1,4 @@
-"""sdcpu exporter: diffusers/torch -> ONNX / OpenVINO IR model folders (needs the [export] extra)."""
+"""sdcpu.export: diffusers/torch -> ONNX / OpenVINO IR model folders, quantization and parity (needs the [export] extra)."""
 
-import engine  # noqa: F401  (engine's import keeps OpenVINO's telemetry off before openvino loads)
+if __name__ != "sdcpu.export":
+    raise ImportError("this folder installs as sdcpu.export: import sdcpu.export (pip install -e . in the checkout)")

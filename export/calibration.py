@@ -18,8 +18,8 @@ from typing import Callable
 
 import numpy as np
 
-from engine.deepcache import DEEP, FEATURE, SHALLOW
-from engine.errors import UserError
+from sdcpu.engine.deepcache import DEEP, FEATURE, SHALLOW
+from sdcpu.engine.errors import UserError
 
 PROMPTS_FILE = Path(__file__).with_name("calibration_prompts.txt")
 MAX_STEPS_PER_PROMPT = 4
@@ -49,13 +49,13 @@ def collect_inputs(model_dir: Path, prompts: list[str], samples: int, size: tupl
     """Run the fp32 export on enough prompts to record `samples` UNet calls (default steps, guidance, sampler).
 
     Returns the recorded feeds per component: `samples` for the UNet (and for `unet_deep` and
-    `unet_shallow` when the export has them), one VAE decode per prompt (export.quantize_onnx can
+    `unet_shallow` when the export has them), one VAE decode per prompt (sdcpu.export.quantize_onnx can
     calibrate VAE convolutions on them; see export/precision.py for why the exporter does not).
     """
     from tqdm import tqdm
 
-    from engine.pipeline import Pipeline, Request
-    from models.registry import model_guidance, model_steps
+    from sdcpu.engine.pipeline import Pipeline, Request
+    from sdcpu.models.registry import model_guidance, model_steps
 
     if samples < 1:
         raise UserError(f"--calibration-samples must be at least 1 (got {samples})")
@@ -85,7 +85,7 @@ def collect_inputs(model_dir: Path, prompts: list[str], samples: int, size: tupl
 
 def has_deepcache_graphs(model_dir: Path) -> bool:
     """Whether the export at `model_dir` has DeepCache's full and shallow UNet graphs."""
-    from engine.manifest import load_manifest
+    from sdcpu.engine.manifest import load_manifest
 
     return {DEEP, SHALLOW} <= set(load_manifest(model_dir).components)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.manifest import TINY_VAE_DECODER
+from sdcpu.engine.manifest import TINY_VAE_DECODER
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from export.components import ComponentSpec
+from sdcpu.export.components import ComponentSpec
 
 ONNX_OPSET = 17
 

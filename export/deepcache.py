@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from export.components import ComponentSpec, UNetGraph, unet_spec
+from sdcpu.export.components import ComponentSpec, UNetGraph, unet_spec
 
 FEATURE = "deep_feature"
 

@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import gc
-import json
-import math
-import os
 import resource
 import shutil
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Callable
 
 import onnx
 
-import engine
-from engine.backends import load_graph
-from engine.errors import UserError
-from engine.manifest import ComponentEntry, Manifest, pid_alive, staging_folder, staging_pid, write_manifest
-from export.components import (
+import sdcpu
+from sdcpu.engine.backends import load_graph
+from sdcpu.engine.errors import UserError
+from sdcpu.engine.manifest import ComponentEntry, Manifest, staging_folder, write_manifest
+from sdcpu.export.components import (
     ComponentSpec,
     sdxl_text_encoder_spec,
     text_encoder_spec,
@@ -30,21 +23,16 @@ from export.components import (
     unet_spec,
     vae_decoder_spec,
 )
-from export.convert import consolidate_onnx, export_onnx, onnx_to_openvino
-from export.options import ExportOptions
-from export.parity import compare_component, require_fp32_parity, torch_outputs
-from export.precision import convert_component, describe, needs_calibration
-from export.source import detect_family, open_source
-from export.tiny_vae import check_tiny_vae, load_tiny_vae, tiny_vae_origin
-from models.registry import FAMILIES
+from sdcpu.export.convert import consolidate_onnx, export_onnx, onnx_to_openvino
+from sdcpu.export.options import ExportOptions
+from sdcpu.export.parity import compare_component, require_fp32_parity, torch_outputs
+from sdcpu.export.precision import convert_component, describe, needs_calibration
+from sdcpu.export.source import detect_family, open_source
+from sdcpu.export.staging import move_into_place, no_space_error, prepare_staging, space_needed
+from sdcpu.export.tiny_vae import check_tiny_vae, load_tiny_vae, tiny_vae_origin
+from sdcpu.models.registry import FAMILIES
 
 Log = Callable[[str], None]
-DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
-NEARLY_FULL_BYTES = 64 * 2**20
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
-WEIGHT_COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae")
-REDUCED_COPY = {"fp32": 0.0, "fp16": 0.5, "int8": 0.25}
-MB = 10**6
 
 
 def _value_info(values) -> dict[str, dict]:
@@ -92,137 +80,6 @@ def _log_parity(log: Log, name: str, precision: str, seconds: float, parity: dic
     )
 
 
-def _prepare_staging(staging: Path, log: Log) -> None:
-    """A fresh staging folder beside OUT_DIR, renamed into place only once the export is complete."""
-    _remove_stale_staging(staging.parent, log)
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        staging.mkdir(parents=True)
-    except OSError as exc:
-        if exc.errno in DISK_FULL_ERRNOS:
-            raise
-        raise UserError(f"cannot create a folder in {staging.parent}: {exc.strerror or exc}") from None
-
-
-def _remove_stale_staging(parent: Path, log: Log) -> None:
-    """Staging folders whose export process is gone (killed) are removed by the next export into PARENT."""
-    if not parent.is_dir():
-        return
-    for path in sorted(parent.iterdir()):
-        pid = staging_pid(path)
-        if pid is None or pid == os.getpid() or pid_alive(pid) or path.is_symlink() or not path.is_dir():
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-        log(f"removed {path}, left by an interrupted export")
-
-
-@contextlib.contextmanager
-def _signals_held():
-    """Ctrl-C and SIGTERM during the block are recorded and re-sent after it, so none lands between two renames."""
-    held = (signal.SIGINT, signal.SIGTERM)
-    previous = {number: signal.getsignal(number) for number in held}
-    if threading.current_thread() is not threading.main_thread() or None in previous.values():
-        yield
-        return
-    received = []
-    for number in held:
-        signal.signal(number, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-        for number in received:
-            signal.raise_signal(number)
-
-
-def _move_into_place(staging: Path, out_dir: Path) -> None:
-    """Rename the finished staging folder to OUT_DIR; a folder already there is replaced, then removed."""
-    retired = staging_folder(out_dir, "old")
-    shutil.rmtree(retired, ignore_errors=True)
-    try:
-        with _signals_held():
-            replacing = out_dir.exists()
-            if replacing:
-                os.replace(out_dir, retired)
-            try:
-                os.replace(staging, out_dir)
-            except OSError:
-                if replacing:
-                    os.replace(retired, out_dir)
-                raise
-    finally:
-        shutil.rmtree(retired, ignore_errors=True)
-
-
-def _tree_bytes(folder: Path) -> int:
-    """The size of the files under FOLDER."""
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
-
-
-def _fp32_bytes(weights: Path) -> int:
-    """The size of a weights file's tensors at fp32: from a .safetensors header, else the file size."""
-    if weights.suffix == ".safetensors":
-        try:
-            with open(weights, "rb") as file:
-                header = json.loads(file.read(int.from_bytes(file.read(8), "little")))
-            return sum(4 * math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-    return weights.stat().st_size
-
-
-def _source_fp32_bytes(src) -> int | None:
-    """The fp32 size of the weights an export reads, when they are local files; None otherwise."""
-    src = getattr(src, "base", src)
-    if getattr(src, "shapes", None):
-        return sum(4 * math.prod(shape) for shape in src.shapes.values())
-    where = getattr(src, "where", None)
-    if not where or not Path(where).is_dir():
-        return None
-    files = [f for name in WEIGHT_COMPONENTS for f in sorted((Path(where) / name).glob("*"))
-             if f.suffix in WEIGHT_SUFFIXES and len(f.suffixes) == 1 and f.is_file()]
-    return sum(_fp32_bytes(f) for f in files) or None
-
-
-def _export_peak_bytes(weights: int, options: ExportOptions) -> int:
-    """Free space an export takes at its peak: the fp32 graphs, each one's trace beside it while it is
-    converted, the reduced-precision copy, and DeepCache's extra UNet graphs."""
-    return int(weights * (2 + REDUCED_COPY.get(options.precision, 0.5) + (1 if options.deepcache else 0)))
-
-
-def _is_disk_full(exc: BaseException, folder: Path) -> bool:
-    """ENOSPC/EDQUOT, or a write error without an errno (OpenVINO: 'basic_ios::clear: iostream error')
-    while the disk FOLDER is on is full."""
-    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
-        return True
-    if not isinstance(exc, (OSError, RuntimeError)):
-        return False
-    try:
-        return shutil.disk_usage(folder).free < NEARLY_FULL_BYTES
-    except OSError:
-        return False
-
-
-def _space_needed(exc: BaseException, staging: Path, src, options: ExportOptions) -> str | None:
-    """'about N MB' (or 'more than N MB' without local weights) when EXC is a full disk; else None."""
-    if not _is_disk_full(exc, staging.parent):
-        return None
-    try:
-        weights = _source_fp32_bytes(src)
-        if weights:
-            return f"about {max(1, math.ceil(_export_peak_bytes(weights, options) / MB))} MB"
-        return f"more than {max(1, math.ceil(_tree_bytes(staging) / MB))} MB"
-    except OSError:
-        return "more space"
-
-
-def _no_space_error(folder: Path, needed: str) -> UserError:
-    free = shutil.disk_usage(folder).free
-    return UserError(f"no space left on {folder} (needs {needed}, {free // MB} MB free); "
-                     "free some space or export to another disk")
-
-
 def _manifest(src, family: str, options: ExportOptions, entries, out_dir: Path) -> Manifest:
     unet, vae = src.config("unet"), src.config("vae")
     vae_scale = 2 ** (len(vae["block_out_channels"]) - 1)
@@ -235,7 +92,7 @@ def _manifest(src, family: str, options: ExportOptions, entries, out_dir: Path) 
         precision=options.precision,
         name=out_dir.name,
         source=src.source,
-        sdcpu_version=engine.__version__,
+        sdcpu_version=sdcpu.__version__,
         components=entries,
         tokenizer="tokenizer",
         tokenizer_2="tokenizer_2" if is_sdxl(family) else None,
@@ -271,7 +128,7 @@ def _spec_makers(src, family: str, deepcache: bool = False, tiny_vae: str | None
         yield lambda: text_encoder_spec(src.load("text_encoder"))
     yield lambda: unet_spec(src.load("unet"))
     if deepcache:
-        from export.deepcache import deep_unet_spec, shallow_unet_spec
+        from sdcpu.export.deepcache import deep_unet_spec, shallow_unet_spec
 
         yield lambda: deep_unet_spec(src.load("unet"))
         yield lambda: shallow_unet_spec(src.load("unet"))
@@ -313,7 +170,7 @@ def _export_fp32(src, family: str, folder: Path, options: ExportOptions, log: Lo
 
 
 def _calibration(fp32_dir: Path, options: ExportOptions, size: tuple[int, int], log: Log):
-    from export.calibration import collect_inputs, load_prompts
+    from sdcpu.export.calibration import collect_inputs, load_prompts
 
     prompts = load_prompts(options.calibration_prompts)
     return collect_inputs(fp32_dir, prompts, options.calibration_samples, size, log)
@@ -344,7 +201,7 @@ def _reduce_precision(fp32_dir: Path, staging: Path, family: str, options: Expor
 
 
 def _apply_static(staging: Path, family: str, options: ExportOptions, entries: dict, src, log: Log) -> dict:
-    from export.static_shapes import make_static, static_input_shapes
+    from sdcpu.export.static_shapes import make_static, static_input_shapes
 
     unet, vae = src.config("unet"), src.config("vae")
     vae_scale = 2 ** (len(vae["block_out_channels"]) - 1)
@@ -375,14 +232,14 @@ def export_model(source: str | None, out_dir: Path, options: ExportOptions | Non
     started = time.perf_counter()
     staging = staging_folder(out_dir)
     try:
-        _prepare_staging(staging, log)
+        prepare_staging(staging, log)
         manifest = _export_into(staging, src, family, options, out_dir, log)
-        _move_into_place(staging, out_dir)
+        move_into_place(staging, out_dir)
     except BaseException as exc:
-        needed = _space_needed(exc, staging, src, options)
+        needed = space_needed(exc, staging, src, options)
         shutil.rmtree(staging, ignore_errors=True)
         if needed is not None:
-            raise _no_space_error(out_dir.parent, needed) from None
+            raise no_space_error(out_dir.parent, needed) from None
         raise
     log(f"wrote {out_dir} in {time.perf_counter() - started:.0f} s (peak RAM {_peak_rss_gib():.1f} GiB)")
     return manifest
@@ -419,14 +276,14 @@ def _check_not_source(source: str | None, out_dir: Path) -> None:
 
 def _working_size(fp32_dir: Path, options: ExportOptions) -> tuple[int, int]:
     """The size calibration and the quality check run at: the static size if any, else the native one."""
-    from engine.manifest import load_manifest
+    from sdcpu.engine.manifest import load_manifest
 
     fp32 = load_manifest(fp32_dir)
     return options.static_size(fp32.default_size, fp32.size_multiple)[:2] if options.static else fp32.default_size
 
 
 def _quality(fp32_dir: Path, staging: Path, size: tuple[int, int], log: Log) -> dict:
-    from export.quality import compare_images
+    from sdcpu.export.quality import compare_images
 
     quality = compare_images(fp32_dir, staging, size)
     log(f"  image vs fp32 (seed {quality['seed']}, {quality['steps']} steps, {size[0]}x{size[1]}): "

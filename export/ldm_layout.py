@@ -161,7 +161,7 @@ def write_ldm_checkpoint(diffusers_folder: Path, out_file: Path) -> Path:
     """Write the diffusers pipeline at `diffusers_folder` as one A1111-style .safetensors (fp32)."""
     from safetensors.torch import save_file
 
-    from export.source import PipelineSource
+    from sdcpu.export.source import PipelineSource
 
     out_file = Path(out_file)
     state = pipeline_to_ldm(PipelineSource(str(diffusers_folder)))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from engine.errors import UserError
+from sdcpu.engine.errors import UserError
 
 log = logging.getLogger(__name__)
 ADAPTER_NAME = "sdcpu_fused_lora"

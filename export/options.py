@@ -6,9 +6,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import UserError
-from engine.manifest import FORMATS, staging_pid
-from export.precision import PRECISIONS, QUANT_MODES
+from sdcpu.engine.errors import UserError
+from sdcpu.engine.manifest import FORMATS, staging_pid
+from sdcpu.export.precision import PRECISIONS, QUANT_MODES
 
 SINGLE_FILE_FAMILIES = ("sd15", "lcm", "sdxl", "sdxl-turbo")
 DEFAULT_CALIBRATION_SAMPLES = 32

@@ -11,9 +11,9 @@ import math
 import numpy as np
 import torch
 
-from engine.backends import Graph
-from engine.errors import UserError
-from export.components import ComponentSpec
+from sdcpu.engine.backends import Graph
+from sdcpu.engine.errors import UserError
+from sdcpu.export.components import ComponentSpec
 
 FP32_MIN_PSNR_DB = 60.0
 

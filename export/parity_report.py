@@ -1,6 +1,6 @@
 """Parity report: our runtime vs diffusers on the tiny random models, per sampler and backend.
 
-    python -m export.parity_report [--work-dir DIR] [--steps 8]
+    python -m sdcpu.export.parity_report [--work-dir DIR] [--steps 8]
 
 Builds the tiny SD1.5-, LCM- and SDXL-Turbo-style pipelines, exports each to OpenVINO and ONNX,
 generates with every sampler (with and without a negative prompt, at 64x64 and 96x64; SDXL-Turbo
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.markdown import markdown_table
-from engine.pipeline import Pipeline, Request
-from engine.samplers import SAMPLERS
-from export.exporter import export_model
-from export.reference import image_difference, load_reference, reference_images
-from export.tiny import build_tiny_pipeline
+from sdcpu.engine.measure.markdown import markdown_table
+from sdcpu.engine.pipeline import Pipeline, Request
+from sdcpu.engine.samplers import SAMPLERS
+from sdcpu.export.exporter import export_model
+from sdcpu.export.reference import image_difference, load_reference, reference_images
+from sdcpu.export.tiny import build_tiny_pipeline
 
 SIZES = ((64, 64), (96, 64))
 NEGATIVES = ("", "blurry, low quality")

@@ -15,8 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from engine.deepcache import DEEP, SHALLOW
-from engine.manifest import ComponentEntry
+from sdcpu.engine.deepcache import DEEP, SHALLOW
+from sdcpu.engine.manifest import ComponentEntry
 
 PRECISIONS = ("fp32", "fp16", "int8")
 UNET_GRAPHS = ("unet", DEEP, SHALLOW)
@@ -52,7 +52,7 @@ def component_precision(name: str, fmt: str, precision: str, sdxl: bool) -> str:
 
 def _convert_openvino(name: str, src: Path, dst: Path, precision: str, quant: str,
                       calibration: Calibration | None, log: Callable) -> list[Path]:
-    from export import quantize_openvino as q
+    from sdcpu.export import quantize_openvino as q
 
     if precision == "fp16":
         return q.save_fp16(src, dst)
@@ -63,7 +63,7 @@ def _convert_openvino(name: str, src: Path, dst: Path, precision: str, quant: st
 
 def _convert_onnx(name: str, src: Path, dst: Path, precision: str, calibration: Calibration | None,
                   log: Callable) -> list[Path]:
-    from export import quantize_onnx as q
+    from sdcpu.export import quantize_onnx as q
 
     if precision == "fp16":
         return q.convert_fp16(src, dst)

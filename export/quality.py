@@ -20,8 +20,8 @@ def image_psnr_db(reference: np.ndarray, test: np.ndarray) -> float:
 
 
 def _render(model_dir: Path, size: tuple[int, int], steps: int | None) -> tuple[np.ndarray, int]:
-    from engine.pipeline import Pipeline, Request
-    from models.registry import model_guidance, model_steps
+    from sdcpu.engine.pipeline import Pipeline, Request
+    from sdcpu.models.registry import model_guidance, model_steps
 
     pipe = Pipeline.load(model_dir, compile_cache=False)
     steps = steps or min(model_steps(pipe.manifest), MAX_QUALITY_STEPS)

@@ -46,10 +46,7 @@ ORT_HINTS = ("pre-process",)
 
 def convert_fp16(onnx_in: Path, onnx_out: Path) -> list[Path]:
     """fp16 weights and compute with float32 graph inputs/outputs (onnxruntime.transformers.float16)."""
-    from onnxruntime.transformers.float16 import (
-        DEFAULT_OP_BLOCK_LIST,
-        convert_float_to_float16,
-    )
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
     model = _load_with_shapes(onnx_in)
@@ -62,7 +59,7 @@ def convert_fp16(onnx_in: Path, onnx_out: Path) -> list[Path]:
 def quantize_int8(onnx_in: Path, onnx_out: Path, calibration: list[dict[str, np.ndarray]] | None = None,
                   log: Callable[[str], None] = print) -> list[Path]:
     """ORT int8: static QDQ Conv calibrated on `calibration` (if given), then dynamic MatMul/Gemm weights."""
-    from export.onnx_dynamic_int8 import quantize_matmul_weights
+    from sdcpu.export.onnx_dynamic_int8 import quantize_matmul_weights
 
     onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
     with _workdir(onnx_out) as tmp:

@@ -12,9 +12,9 @@ import json
 import tempfile
 from pathlib import Path
 
-import models
-from engine.errors import UserError
-from export.source import quiet_libraries
+import sdcpu.models as models
+from sdcpu.engine.errors import UserError
+from sdcpu.export.source import quiet_libraries
 
 CONFIG_ROOT = Path(models.__file__).parent / "configs"
 RANDOM_FAMILIES = ("sd15", "lcm", "sdxl-turbo")
@@ -74,7 +74,7 @@ class RandomWeightsSource:
 
     def _tokenizer(self, cls):
         """Our generated CLIP-style BPE tokenizer: token ids are valid, meaning is not (weights are random)."""
-        from export.tiny_tokenizer import write_tiny_clip_tokenizer
+        from sdcpu.export.tiny_tokenizer import write_tiny_clip_tokenizer
 
         folder = Path(self._tokenizer_dir.name)
         if not (folder / "vocab.json").is_file():

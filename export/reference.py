@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.schedules import SAMPLER_SCHEDULERS
-from export.source import quiet_libraries
+from sdcpu.engine.schedules import SAMPLER_SCHEDULERS
+from sdcpu.export.source import quiet_libraries
 
 
 def diffusers_scheduler(name: str, config):

@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from export.source import SAMPLING_DEFAULTS_FILE
-from export.tiny import SD15_SCHEDULER
-from export.tiny_tokenizer import write_tiny_clip_tokenizer
-from models.shapes.render import IMAGE_SIZE
+from sdcpu.export.source import SAMPLING_DEFAULTS_FILE
+from sdcpu.export.tiny import SD15_SCHEDULER
+from sdcpu.export.tiny_tokenizer import write_tiny_clip_tokenizer
+from sdcpu.models.shapes.render import IMAGE_SIZE
 
 LATENT_CHANNELS = 8
 # v-prediction (Salimans & Ho 2022; SD2.x's parameterisation) instead of SD1.5's epsilon: on 8x8

@@ -11,18 +11,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import models
-from engine.errors import UserError
-from export.ldm_layout import SD15_CLIP_PREFIX, SDXL_CLIP_PREFIX, SDXL_OPEN_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
-from export.source import (
+import sdcpu.models as models
+from sdcpu.engine.errors import UserError
+from sdcpu.export.ldm_layout import SD15_CLIP_PREFIX, SDXL_CLIP_PREFIX, SDXL_OPEN_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
+from sdcpu.export.source import quiet_libraries, read_model_index
+from sdcpu.export.source_safety import (
     COMPONENT_CLASSES,
     PICKLE_SUFFIXES,
-    _first_line,
     check_index,
     component_class,
     conversion_hint,
-    quiet_libraries,
-    read_model_index,
+    first_line,
     refuse_custom_code,
 )
 
@@ -47,7 +46,7 @@ def read_header(path: Path) -> dict[str, list[int]]:
             names = file.keys()
             return {key: list(file.get_slice(key).get_shape()) for key in names}
     except (SafetensorError, OSError) as exc:
-        raise UserError(f"{path} is not a readable .safetensors file: {_first_line(exc)}") from None
+        raise UserError(f"{path} is not a readable .safetensors file: {first_line(exc)}") from None
 
 
 def infer_family(keys) -> str | None:
@@ -94,7 +93,7 @@ def _fetch(repo: str, patterns: list[str]) -> Path:
         model_info(repo, timeout=10)
         return Path(snapshot_download(repo, allow_patterns=patterns))
     except Exception as exc:  # any hub, HTTP or network failure means the tokenizer is not available
-        raise OSError(_first_line(exc)) from exc
+        raise OSError(first_line(exc)) from exc
 
 
 def _has_tokenizer_files(folder: Path) -> bool:
@@ -164,7 +163,7 @@ class SingleFileSource:
         try:
             config = json.loads(file.read_text())
         except (OSError, ValueError) as exc:
-            raise UserError(f"could not read {name} config in {self.config_dir}: {_first_line(exc)}") from None
+            raise UserError(f"could not read {name} config in {self.config_dir}: {first_line(exc)}") from None
         config.setdefault("_class_name", self.index[name][1])
         if name == "unet":
             config["time_cond_proj_dim"] = self.shapes[COND_PROJ][1] if COND_PROJ in self.shapes else None
@@ -196,7 +195,7 @@ class SingleFileSource:
                         tensor = file.get_tensor(key)
                         out[key] = tensor.float() if torch.is_floating_point(tensor) else tensor
         except (SafetensorError, OSError) as exc:
-            raise UserError(f"could not read {self.path.name} (truncated or corrupt?): {_first_line(exc)}") from None
+            raise UserError(f"could not read {self.path.name} (truncated or corrupt?): {first_line(exc)}") from None
         return out
 
     def _unet_state(self, model) -> dict:
@@ -239,7 +238,7 @@ class SingleFileSource:
             with init_empty_weights():
                 model = self._instantiate(cls, name)
         except (OSError, ValueError, TypeError) as exc:
-            raise UserError(f"could not build {name} from {self.config_dir}: {_first_line(exc)}") from None
+            raise UserError(f"could not build {name} from {self.config_dir}: {first_line(exc)}") from None
         try:
             state = state_of(model)
         except (KeyError, IndexError) as exc:
@@ -270,7 +269,7 @@ class SingleFileSource:
         try:
             return cls.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
         except (OSError, ValueError) as exc:
-            raise UserError(f"could not load {name} from {folder}: {_first_line(exc)}") from None
+            raise UserError(f"could not load {name} from {folder}: {first_line(exc)}") from None
 
     def _hub_tokenizer(self, name: str) -> Path:
         hint = f"pass --config DIR pointing at a diffusers {self.family} folder that has {name}/"

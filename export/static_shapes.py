@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from engine.errors import UserError
-from engine.manifest import ComponentEntry
+from sdcpu.engine.errors import UserError
+from sdcpu.engine.manifest import ComponentEntry
 
 
 def static_input_shapes(entries: dict[str, ComponentEntry], width: int, height: int, batch: int,

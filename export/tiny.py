@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from export.tiny_tokenizer import write_tiny_clip_tokenizer
+from sdcpu.export.tiny_tokenizer import write_tiny_clip_tokenizer
 
 SD15_SCHEDULER = {
     "beta_start": 0.00085,
@@ -168,7 +168,7 @@ def _sdxl_turbo(out_dir: Path, seed: int):
 
 def build_tiny_pipeline(out_dir: Path, family: str = "sd15", seed: int = 0) -> Path:
     """Write a tiny random diffusers pipeline folder for `family` (sd15, lcm or sdxl-turbo)."""
-    from export.source import quiet_libraries
+    from sdcpu.export.source import quiet_libraries
 
     quiet_libraries()
     if family not in TINY_FAMILIES:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-from engine.errors import UserError
-from export.source import (
-    _first_line,
-    _looks_like_hub_id,
+from sdcpu.engine.errors import UserError
+from sdcpu.export.source import _looks_like_hub_id
+from sdcpu.export.source_safety import (
     conversion_hint,
     file_names,
+    first_line,
     loader_kwargs,
     refuse_custom_code,
     refuse_pickles,
@@ -71,7 +71,7 @@ def _read_config(tiny: str) -> dict:
     try:
         config = dict(AutoencoderTiny.load_config(where))
     except (OSError, ValueError) as exc:
-        raise UserError(f"could not load tiny VAE {tiny}: {_first_line(exc)}") from None
+        raise UserError(f"could not load tiny VAE {tiny}: {first_line(exc)}") from None
     if config.get("_class_name") != CLASS_NAME:
         raise UserError(f"--tiny-vae {tiny}: its config names {config.get('_class_name')!r}, not {CLASS_NAME}")
     return config
@@ -105,5 +105,5 @@ def load_tiny_vae(tiny: str, latent_channels: int):
     try:
         module = AutoencoderTiny.from_pretrained(where, **kwargs)
     except (OSError, ValueError) as exc:
-        raise UserError(f"could not load tiny VAE {tiny}: {_first_line(exc)}") from None
+        raise UserError(f"could not load tiny VAE {tiny}: {first_line(exc)}") from None
     return module.eval()

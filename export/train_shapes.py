@@ -1,6 +1,6 @@
 """Train the shapes model on two CPU cores: VAE, then a v-prediction UNet under a frozen text encoder.
 
-python -m export.train_shapes --work runs/shapes --out models/shapes/diffusers
+python -m sdcpu.export.train_shapes --work runs/shapes --out models/shapes/diffusers
 Stages: VAE on crops, latents of the dataset, UNet (text encoder frozen), decoder fine-tuning on whole
 images (encoder frozen, so it can run beside the UNet stage: --decoder-only). Each stage is
 resumable (re-run the same command), seeded per step, and logs its loss to WORK/loss.jsonl.
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export import shapes_model
-from models.shapes.render import make_dataset
+from sdcpu.export import shapes_model
+from sdcpu.models.shapes.render import make_dataset
 
 VAE_CROP = 32
 VAE_LR = 2e-3

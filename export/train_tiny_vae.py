@@ -1,6 +1,6 @@
 """Distill a tiny VAE decoder (diffusers AutoencoderTiny, TAESD's architecture) from the shapes model's VAE decoder.
 
-python -m export.train_tiny_vae --work runs/tiny_vae --out models/shapes/vae_tiny
+python -m sdcpu.export.train_tiny_vae --work runs/tiny_vae --out models/shapes/vae_tiny
 Data: scenes rendered as the shapes model's training data (models/shapes/render.py), encoded by the
 shapes AutoencoderKL (teacher); one posterior sample per image, as the UNet was trained on samples.
 The tiny decoder reads UNet-space latents z = sample * scaling_factor (AutoencoderTiny's own
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from export import shapes_model
-from export.quality import image_psnr_db
-from export.train_shapes import _log, _lr, _reconstruction_loss, _save_atomic, _to_tensor, _torch
-from models.shapes.render import make_dataset
+from sdcpu.export import shapes_model
+from sdcpu.export.quality import image_psnr_db
+from sdcpu.export.train_shapes import _log, _lr, _reconstruction_loss, _save_atomic, _to_tensor, _torch
+from sdcpu.models.shapes.render import make_dataset
 
 TEACHER = Path("models/shapes/diffusers/vae")
 LR = 1e-3  # 2e-3 at batch 32 (the 2-minute check) fell from 2.4 to 1.0 in 30 steps, with spikes back to 2.3

@@ -16,7 +16,7 @@ FORMATS = ("openvino", "onnx")
 @pytest.fixture(scope="session")
 def tiny_sources(tmp_path_factory) -> dict[str, Path]:
     """Diffusers folders of the tiny random pipelines, keyed by family."""
-    from export.tiny import build_tiny_pipeline
+    from sdcpu.export.tiny import build_tiny_pipeline
 
     root = tmp_path_factory.mktemp("tiny-diffusers")
     return {family: build_tiny_pipeline(root / family, family=family) for family in ("sd15", "lcm", "sdxl-turbo")}
@@ -25,7 +25,7 @@ def tiny_sources(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_exports(tiny_sources, tmp_path_factory) -> dict[tuple[str, str], Path]:
     """Exported folders keyed by (family, format)."""
-    from export.exporter import export_model
+    from sdcpu.export.exporter import export_model
 
     root = tmp_path_factory.mktemp("tiny-exports")
     exports = {}

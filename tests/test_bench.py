@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from engine.bench_plot import COLOURS, SIZE
-from engine.bench_report import fit_totals
-from engine.cli import app
-from engine.flops import count_flops, count_macs_by_op
-from engine.latency import LatencyRow
+from sdcpu.engine.cli.app import app
+from sdcpu.engine.measure.bench_plot import COLOURS, SIZE
+from sdcpu.engine.measure.bench_report import fit_totals
+from sdcpu.engine.measure.flops import count_flops, count_macs_by_op
+from sdcpu.engine.measure.latency import LatencyRow
 from tests.test_cli import assert_user_error
 
 runner = CliRunner()

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from engine.cli import app
-from engine.pngmeta import params_from_text, read_parameters
+from sdcpu.engine.cli.app import app
+from sdcpu.engine.png_text import read_parameters
+from sdcpu.engine.pngmeta import params_from_text
 
 runner = CliRunner()
 
@@ -103,7 +104,7 @@ def test_export_errors(tiny_sources, tiny_exports, tmp_path):
 
 
 def test_interrupted_export_leaves_nothing_the_runtime_accepts(tiny_sources, tmp_path, monkeypatch):
-    import export.exporter as exporter
+    import sdcpu.export.exporter as exporter
 
     real = exporter.export_onnx
 
@@ -122,7 +123,7 @@ def test_interrupted_export_leaves_nothing_the_runtime_accepts(tiny_sources, tmp
 
 def test_export_whose_fp32_graph_disagrees_with_pytorch_fails(tiny_sources, tmp_path, monkeypatch):
     """A UNet graph that no longer matches its module (here: torch's references shifted) aborts the export."""
-    import export.exporter as exporter
+    import sdcpu.export.exporter as exporter
 
     real = exporter.torch_outputs
 
@@ -146,7 +147,7 @@ def test_runtime_never_imports_torch_or_diffusers(model, tiny_exports, tmp_path)
         "a cat", "--model", str(tiny_exports["sd15", "openvino"]), "--steps", "2", "--width", "64", "--height", "64"]
     code = (
         "import sys\n"
-        "from engine.cli import main\n"
+        "from sdcpu.engine.cli.app import main\n"
         f"sys.argv = ['sdcpu', 'generate', *{args!r}, '--output', r'{tmp_path / 'x.png'}']\n"
         "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', 'transformers'))\n"

@@ -10,12 +10,12 @@ import numpy as np
 import openvino as ov
 import pytest
 
-from engine.backends import Graph
-from engine.compile_cache import RECORD_NAME, BuildFolder, build_key, build_parts
-from engine.errors import UserError
-from engine.manifest import ComponentEntry
-from engine.pipeline import Pipeline, Request
-from models.registry import DEFAULT_MODEL
+from sdcpu.engine.backends import Graph
+from sdcpu.engine.compile_cache import RECORD_NAME, BuildFolder, build_key, build_parts
+from sdcpu.engine.errors import UserError
+from sdcpu.engine.manifest import ComponentEntry
+from sdcpu.engine.pipeline import Pipeline, Request
+from sdcpu.models.registry import DEFAULT_MODEL
 
 PROMPT = "a red circle on a blue background"
 

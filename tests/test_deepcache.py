@@ -9,12 +9,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from engine.cli import app
-from engine.manifest import load_manifest
-from engine.pipeline import Pipeline, Request
-from engine.pngmeta import params_from_text, read_parameters
-from export.exporter import export_model
-from export.quality import image_psnr_db
+from sdcpu.engine.cli.app import app
+from sdcpu.engine.manifest import load_manifest
+from sdcpu.engine.pipeline import Pipeline, Request
+from sdcpu.engine.png_text import read_parameters
+from sdcpu.engine.pngmeta import params_from_text
+from sdcpu.export.exporter import export_model
+from sdcpu.export.quality import image_psnr_db
 
 runner = CliRunner()
 SHAPES_PROMPT = "two small yellow triangles on a white background"
@@ -101,7 +102,7 @@ def test_export_refuses_deepcache_with_static_shapes(tiny_sources, tmp_path):
 
 
 def test_calibration_pairs_each_shallow_call_with_the_previous_feature():
-    from export.calibration import shallow_feeds
+    from sdcpu.export.calibration import shallow_feeds
 
     feeds = [{"sample": np.full(1, i), "encoder_hidden_states": np.zeros(1)} for i in range(6)]
     features = [np.full(1, 10 + i) for i in range(6)]
@@ -137,7 +138,7 @@ def test_shallow_branch_on_a_fresh_feature_is_the_whole_unet(down_blocks, up_blo
     import torch
     from diffusers import UNet2DConditionModel
 
-    from export.deepcache import DeepUNetGraph, ShallowUNetGraph
+    from sdcpu.export.deepcache import DeepUNetGraph, ShallowUNetGraph
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),

@@ -19,9 +19,9 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
-from engine.cli import app
-from engine.manifest import load_manifest
-from engine.pipeline import Pipeline, Request
+from sdcpu.engine.cli.app import app
+from sdcpu.engine.manifest import load_manifest
+from sdcpu.engine.pipeline import Pipeline, Request
 
 COMBOS = {
     ("openvino", "fp16", "weights"): 35.0,  # 45.8
@@ -44,7 +44,7 @@ def _case_id(case) -> str:
 @pytest.fixture(scope="module")
 def reduced_exports(tiny_sources, tmp_path_factory):
     """Every tiny family x reduced combination, keyed by (family, (format, precision, quant))."""
-    from export.exporter import export_model
+    from sdcpu.export.exporter import export_model
 
     root = tmp_path_factory.mktemp("reduced")
     exports, logs = {}, {}
@@ -91,7 +91,7 @@ def test_reduced_unet_is_smaller_than_fp32(reduced_exports, tiny_exports, case):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("quant", ["weights", "hybrid"])
 def test_openvino_int8_ir_holds_int8_weights(reduced_exports, family, quant):
-    from export.quantize_openvino import weight_element_types
+    from sdcpu.export.quantize_openvino import weight_element_types
 
     folder = reduced_exports[0][family, ("openvino", "int8", quant)]
     for name in load_manifest(folder).components:
@@ -153,7 +153,7 @@ def test_random_weights_takes_out_dir_as_only_argument(tmp_path):
 
 
 def test_custom_calibration_prompts_are_used(tiny_sources, tmp_path):
-    from export.exporter import export_model
+    from sdcpu.export.exporter import export_model
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a blue vase\n\na green field\n")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.manifest import load_manifest
-from engine.pipeline import Pipeline
+from sdcpu.engine.manifest import load_manifest
+from sdcpu.engine.pipeline import Pipeline
 
 LORA_SCALE = 0.8
 
@@ -43,7 +43,7 @@ def _unet_inputs() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def lcm_lora_export(tiny_sources, tmp_path_factory):
-    from export.exporter import export_model
+    from sdcpu.export.exporter import export_model
 
     root = tmp_path_factory.mktemp("lora-export")
     lora = _write_tiny_lora(tiny_sources["sd15"], root)
@@ -69,7 +69,7 @@ def test_lora_fused_at_export_matches_diffusers_fuse_lora(tiny_sources, lcm_lora
 
 
 def test_lcm_lora_export_becomes_a_few_step_lcm_model(lcm_lora_export):
-    from engine.generate_command import build_request
+    from sdcpu.engine.request_defaults import build_request
 
     _, out = lcm_lora_export
     manifest = load_manifest(out)
@@ -88,9 +88,9 @@ def test_single_file_checkpoint_exports_like_its_diffusers_folder(tiny_sources, 
     """An A1111-layout .safetensors of the tiny pipeline, exported through the CLI, makes the same image."""
     from typer.testing import CliRunner
 
-    from engine.cli import app
-    from engine.pipeline import Request
-    from export.ldm_layout import write_ldm_checkpoint
+    from sdcpu.engine.cli.app import app
+    from sdcpu.engine.pipeline import Request
+    from sdcpu.export.ldm_layout import write_ldm_checkpoint
 
     checkpoint = write_ldm_checkpoint(tiny_sources[family], tmp_path / f"tiny-{family}.safetensors")
     out = tmp_path / "from-single-file"
@@ -107,8 +107,8 @@ def test_single_file_checkpoint_exports_like_its_diffusers_folder(tiny_sources, 
 
 def test_lcm_lora_turns_an_sdxl_model_into_a_few_step_lcm_model(tiny_sources, tiny_exports, tmp_path):
     """The same fusion on an SDXL pipeline: LCM scheduler, the sdxl-lcm family's defaults, a changed UNet."""
-    from engine.generate_command import build_request
-    from export.exporter import export_model
+    from sdcpu.engine.request_defaults import build_request
+    from sdcpu.export.exporter import export_model
 
     source = tiny_sources["sdxl-turbo"]
     lora = _write_tiny_lora(source, tmp_path)
@@ -134,8 +134,8 @@ def test_sampling_defaults_file_sets_the_manifest_defaults(tiny_sources, tmp_pat
     """sdcpu_defaults.json beside model_index.json (as the shapes model ships) becomes the export's defaults."""
     import shutil
 
-    from engine.errors import UserError
-    from export.exporter import export_model
+    from sdcpu.engine.errors import UserError
+    from sdcpu.export.exporter import export_model
 
     source = tmp_path / "src"
     shutil.copytree(tiny_sources["sd15"], source)

@@ -7,11 +7,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from engine import contact_sheet as cs
-from engine.cli import app
-from engine.grid_command import run_grid
-from engine.pipeline import Pipeline
-from engine.pngmeta import params_from_text, read_parameters
+from sdcpu.engine import contact_sheet as cs
+from sdcpu.engine.cli.app import app
+from sdcpu.engine.cli.grid import run_grid
+from sdcpu.engine.pipeline import Pipeline
+from sdcpu.engine.png_text import read_parameters
+from sdcpu.engine.pngmeta import params_from_text
 
 runner = CliRunner()
 SIZE = ("--width", "64", "--height", "64")

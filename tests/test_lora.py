@@ -1,4 +1,4 @@
-"""export.lora.fuse_lora against diffusers' own load_lora_weights + fuse_lora, on the tiny SD1.5 pipeline.
+"""sdcpu.export.lora.fuse_lora against diffusers' own load_lora_weights + fuse_lora, on the tiny SD1.5 pipeline.
 
 One random rank-4 LoRA (alpha 8, so the alpha / rank scale matters) is written in diffusers/peft, kohya and bare
 `save_lora_adapter` layouts; each must fuse to the UNet diffusers' pipeline produces, within 1e-5.
@@ -16,8 +16,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
-from engine.errors import UserError
-from export.lora import _family_hint, fuse_lora
+from sdcpu.engine.errors import UserError
+from sdcpu.export.lora import _family_hint, fuse_lora
 
 SCALE = 0.7
 RANK, ALPHA = 4, 8
@@ -51,7 +51,7 @@ def save(tensors: dict, path: Path, metadata: dict | None = None) -> Path:
 
 @pytest.fixture(scope="module")
 def src(tmp_path_factory) -> Path:
-    from export.tiny import build_tiny_pipeline
+    from sdcpu.export.tiny import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("lora") / "sd15", family="sd15")
 
@@ -140,7 +140,7 @@ def test_kohya_alphas_apply_per_module(src, lora, tmp_path):
 
 def test_text_encoder_weights_are_ignored_with_a_warning(src, lora, tmp_path, caplog):
     path = save({**{f"unet.{k}": v for k, v in lora.peft.items()}, **TE_ONLY}, tmp_path / "with_te.safetensors")
-    with caplog.at_level(logging.WARNING, logger="export.lora"):
+    with caplog.at_level(logging.WARNING, logger="sdcpu.export.lora"):
         assert_plain(fuse_lora(load_unet(src), path, scale=SCALE))
     assert "2 non-UNet LoRA tensors" in caplog.text
 

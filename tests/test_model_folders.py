@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import re
 import shutil
 import signal
@@ -17,11 +16,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from engine.cli import app
-from engine.errors import UserError
-from engine.local_models import find_models, resolve_model
-from engine.manifest import MANIFEST_NAME, load_manifest
-from models.registry import DEFAULT_MODEL
+from sdcpu.engine.cli.app import app
+from sdcpu.engine.errors import UserError
+from sdcpu.engine.local_models import find_models, resolve_model
+from sdcpu.engine.manifest import MANIFEST_NAME, load_manifest
+from sdcpu.models.registry import DEFAULT_MODEL
 
 REPO = Path(__file__).parents[1]
 runner = CliRunner()
@@ -32,12 +31,12 @@ import sys, time
 from pathlib import Path
 ready = Path(sys.argv[1])
 {patch}
-from engine.cli import main
+from sdcpu.engine.cli.app import main
 sys.argv = ["sdcpu", *sys.argv[2:]]
 main()
 """
 PAUSE_AFTER_FIRST_MANIFEST = """
-import export.exporter as exporter
+import sdcpu.export.exporter as exporter
 real = exporter.write_manifest
 def write_then_wait(folder, manifest):
     written = real(folder, manifest)
@@ -47,7 +46,7 @@ def write_then_wait(folder, manifest):
 exporter.write_manifest = write_then_wait
 """
 PAUSE_AFTER_PIPELINE_LOAD = """
-import engine.pipeline as pipeline
+import sdcpu.engine.pipeline as pipeline
 real = pipeline.Pipeline.load.__func__
 def load_then_wait(cls, *args, **kwargs):
     pipe = real(cls, *args, **kwargs)
@@ -247,22 +246,26 @@ def test_sigterm_during_export_cleans_up_like_ctrl_c_and_exits_143(tiny_sources,
     assert sorted(p.name for p in parent.iterdir()) == [busy.name]
 
 
-def test_ctrl_c_between_the_renames_of_an_overwrite_leaves_the_new_export_in_place(
-        tiny_sources, tiny_exports, tmp_path, monkeypatch):
-    import export.exporter as exporter
+INTERRUPT_BETWEEN_THE_RENAMES = """
+import os, signal
+real_replace = os.replace
+def replace_then_interrupt(source, target):
+    real_replace(source, target)
+    if ".old-" in str(target):
+        os.kill(os.getpid(), signal.SIGINT)
+os.replace = replace_then_interrupt
+ready.write_text("patched")
+"""
 
+
+def test_ctrl_c_between_the_renames_of_an_overwrite_leaves_the_new_export_in_place(tiny_sources, tiny_exports,
+                                                                                  tmp_path):
     out = copy_model(tiny_exports["sd15", "onnx"], tmp_path / "model")
-    real_replace = os.replace
-
-    def replace_then_interrupt(source, target):
-        real_replace(source, target)
-        if ".old-" in str(target):
-            os.kill(os.getpid(), signal.SIGINT)
-
-    monkeypatch.setattr(exporter.os, "replace", replace_then_interrupt)
-    result, text = run("export", tiny_sources["sd15"], out, "--overwrite")
-    assert result.exit_code == 130 and "Traceback" not in text
-    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+    code = PAUSED_CLI.format(patch=INTERRUPT_BETWEEN_THE_RENAMES)
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ready"), "export", str(tiny_sources["sd15"]),
+                             str(out), "--overwrite"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 130 and "Traceback" not in result.stdout + result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "ready"]
     assert load_manifest(out).format == "openvino" and load_manifest(out).complete is True
 
 
@@ -298,7 +301,7 @@ def _source_weight_mb(source: Path) -> float:
     OSError(errno.ENOSPC, "No space left on device"),
 ])
 def test_disk_full_during_export_is_one_line_with_the_space_needed(tiny_sources, tmp_path, monkeypatch, error):
-    import export.exporter as exporter
+    import sdcpu.export.exporter as exporter
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 0))
@@ -313,7 +316,7 @@ def test_disk_full_during_export_is_one_line_with_the_space_needed(tiny_sources,
 
 
 def test_a_write_error_on_a_disk_with_room_is_not_called_disk_full(tiny_sources, tmp_path, monkeypatch):
-    import export.exporter as exporter
+    import sdcpu.export.exporter as exporter
 
     error = RuntimeError("basic_ios::clear: iostream error")
     monkeypatch.setattr(exporter, "onnx_to_openvino", _fail_on_unet(exporter.onnx_to_openvino, error))

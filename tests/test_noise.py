@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.noise import TorchCompatibleNoise, TorchGeneratorStream, init_genrand, resolve_seed
+from sdcpu.engine.noise import TorchCompatibleNoise, TorchGeneratorStream, init_genrand, resolve_seed
 
 TOLERANCE = 1e-6
 SEEDS = [0, 1, 42, 2**32 - 1, 2**32 + 5, 2**64 - 12345]

@@ -14,9 +14,9 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-from engine.pipeline import Pipeline, Request  # noqa: E402
-from engine.samplers import SAMPLERS  # noqa: E402
-from export.reference import image_difference, load_reference, reference_images  # noqa: E402
+from sdcpu.engine.pipeline import Pipeline, Request  # noqa: E402
+from sdcpu.engine.samplers import SAMPLERS  # noqa: E402
+from sdcpu.export.reference import image_difference, load_reference, reference_images  # noqa: E402
 
 SIZES = ((64, 64), (96, 64))
 SD15_STEPS = 8

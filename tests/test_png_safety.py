@@ -15,9 +15,10 @@ import pytest
 from PIL import Image, PngImagePlugin
 from typer.testing import CliRunner
 
-from engine import pngmeta
-from engine.cli import app
-from engine.pngmeta import params_from_text, read_parameters
+from sdcpu.engine import pngmeta
+from sdcpu.engine.cli.app import app
+from sdcpu.engine.png_text import read_parameters
+from sdcpu.engine.pngmeta import params_from_text
 
 runner = CliRunner()
 LIMIT = 2**20  # the most parameters text sdcpu reads: 1 MiB
@@ -27,7 +28,7 @@ FIELDS = {"Steps": "2", "Sampler": "Euler", "CFG scale": "7", "Seed": "3", "Size
 TIMED_INFO = """
 import sys, time
 from typer.testing import CliRunner
-from engine.cli import app
+from sdcpu.engine.cli.app import app
 start = time.perf_counter()
 output = CliRunner().invoke(app, ["info", sys.argv[1]]).output
 print(f"{time.perf_counter() - start:.3f}")

@@ -9,9 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import pngmeta
-from engine.pngmeta import (A1111_SAMPLERS, GenerationParams, format_parameters, params_from_text,
-                            parse_parameters, read_parameters, save_png)
+from sdcpu.engine import pngmeta
+from sdcpu.engine.png_text import read_parameters
+from sdcpu.engine.pngmeta import (
+    A1111_SAMPLERS,
+    GenerationParams,
+    format_parameters,
+    params_from_text,
+    parse_parameters,
+    save_png,
+)
 
 REAL_A1111 = ("a cat, masterpiece\nNegative prompt: blurry, lowres\nSteps: 20, Sampler: DPM++ 2M, "
               "Schedule type: Karras, CFG scale: 7, Seed: 1234567, Size: 512x768, Model hash: 6ce0161689, "

@@ -8,12 +8,12 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from engine.cli import app
-from engine.pipeline import Pipeline
-from engine.quality import QualityRow, evaluate, seed_runs
-from engine.samplers import SAMPLERS
+from sdcpu.engine.cli.app import app
+from sdcpu.engine.measure.quality import QualityRow, evaluate, seed_runs
+from sdcpu.engine.pipeline import Pipeline
+from sdcpu.engine.samplers import SAMPLERS
+from sdcpu.models.shapes.grammar import evaluation_prompts
 from tests.test_cli import assert_user_error
-from models.shapes.grammar import evaluation_prompts
 
 runner = CliRunner()
 QUALITY_COLUMNS = ("model", "scheduler", "steps", "guidance", "images", "match", "background", "colour",

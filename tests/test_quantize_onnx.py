@@ -1,6 +1,6 @@
 """fp16 and int8 ONNX conversions of the tiny SD1.5 export: they run on ORT's CPU provider and stay close to fp32.
 
-PSNR thresholds (export.parity.psnr_db, peak = the fp32 output's range) sit about 10 dB under
+PSNR thresholds (sdcpu.export.parity.psnr_db, peak = the fp32 output's range) sit about 10 dB under
 what the tiny random-weight models measure, so they catch a broken conversion, not noise.
 """
 
@@ -16,8 +16,8 @@ import pytest
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("diffusers")
 
-from export import quantize_onnx
-from export.parity import psnr_db
+from sdcpu.export import quantize_onnx
+from sdcpu.export.parity import psnr_db
 
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 FP16_MIN_PSNR = 60.0  # measured 74.5 (text encoder) to 79.2 dB (VAE decoder)
@@ -33,8 +33,8 @@ INT8_TYPES = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
 @pytest.fixture(scope="module")
 def fp32(tmp_path_factory) -> Path:
     """One tiny SD1.5 pipeline exported to fp32 ONNX."""
-    from export.exporter import export_model
-    from export.tiny import build_tiny_pipeline
+    from sdcpu.export.exporter import export_model
+    from sdcpu.export.tiny import build_tiny_pipeline
 
     root = tmp_path_factory.mktemp("quantize-onnx")
     source = build_tiny_pipeline(root / "sd15", family="sd15")
@@ -45,8 +45,8 @@ def fp32(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def recorded(fp32) -> dict[str, list[dict[str, np.ndarray]]]:
     """UNet and VAE decoder feeds exactly as our runtime makes them, from three short generations."""
-    from engine.pipeline import Pipeline, Request
-    from export.calibration import record_feeds
+    from sdcpu.engine.pipeline import Pipeline, Request
+    from sdcpu.export.calibration import record_feeds
 
     pipe = Pipeline.load(fp32, compile_cache=False)
     feeds = {"unet": [], "vae_decoder": []}
@@ -197,8 +197,8 @@ def test_calibration_releases_the_fp32_pipeline(fp32, monkeypatch):
     import gc
     import weakref
 
-    from engine.pipeline import Pipeline
-    from export import calibration
+    from sdcpu.engine.pipeline import Pipeline
+    from sdcpu.export import calibration
 
     loaded = []
     real_load = Pipeline.load.__func__

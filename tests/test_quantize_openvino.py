@@ -17,9 +17,9 @@ import pytest
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
-from engine.backends import load_graph  # noqa: E402
-from engine.manifest import load_manifest  # noqa: E402
-from export import quantize_openvino as q  # noqa: E402
+from sdcpu.engine.backends import load_graph  # noqa: E402
+from sdcpu.engine.manifest import load_manifest  # noqa: E402
+from sdcpu.export import quantize_openvino as q  # noqa: E402
 
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 # Measured on the tiny random model (f32 hint): fp16 78-81 dB, int8 weights 51.6-55.8 dB. fp16 rounding
@@ -43,8 +43,8 @@ def ir_size(xml: Path) -> int:
 
 @pytest.fixture(scope="module")
 def fp32(tmp_path_factory) -> Path:
-    from export.exporter import export_model
-    from export.tiny import build_tiny_pipeline
+    from sdcpu.export.exporter import export_model
+    from sdcpu.export.tiny import build_tiny_pipeline
 
     root = tmp_path_factory.mktemp("quantize-ov")
     source = build_tiny_pipeline(root / "sd15", family="sd15")
@@ -55,7 +55,7 @@ def fp32(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def unet_calls(fp32) -> list[tuple[dict, np.ndarray]]:
     """(feeds, fp32 output) of every UNet call while generating two 4-step images."""
-    from engine.pipeline import Pipeline, Request
+    from sdcpu.engine.pipeline import Pipeline, Request
 
     pipe = Pipeline.load(fp32, compile_cache=False)
     calls, original = [], pipe.unet.run

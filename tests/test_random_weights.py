@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from engine.errors import UserError
-from export.random_weights import RandomWeightsSource, config_folder
+from sdcpu.engine.errors import UserError
+from sdcpu.export.random_weights import RandomWeightsSource, config_folder
 
 # Parameter counts of the published checkpoints' modules (diffusers/transformers classes).
 PUBLISHED_UNET_PARAMS = {"sd15": 859_520_964, "lcm": 859_520_964 + 256 * 320, "sdxl-turbo": 2_567_463_684}
@@ -48,8 +48,8 @@ def test_unknown_family_is_a_user_error():
 @pytest.mark.slow
 def test_random_weights_sd15_exports_at_512(tmp_path):
     """Real-size SD1.5 with random weights, static 512x512 (minutes, ~8 GiB RAM)."""
-    from engine.manifest import load_manifest
-    from export.exporter import export_model
+    from sdcpu.engine.manifest import load_manifest
+    from sdcpu.export.exporter import export_model
 
     out = tmp_path / "sd15-random"
     export_model(None, out, random_weights="sd15", width=512, height=512, log=print)

@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from engine.denoisers import denoiser_from_eps, denoiser_from_v
-from engine.noise import TorchCompatibleNoise
-from engine.samplers import SAMPLERS, default_sampler_for, run_sampler
-from engine.schedules import SAMPLER_SCHEDULERS, karras_sigmas, make_schedule, sigma_to_t
+from sdcpu.engine.denoisers import denoiser_from_eps, denoiser_from_v
+from sdcpu.engine.noise import TorchCompatibleNoise
+from sdcpu.engine.samplers import SAMPLERS, default_sampler_for, run_sampler
+from sdcpu.engine.schedules import SAMPLER_SCHEDULERS, karras_sigmas, make_schedule, sigma_to_t
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from models.shapes.analyse import analyse, label_components, score
-from models.shapes.grammar import COLORS, SHAPES, Scene, all_scenes
-from models.shapes.render import render
+from sdcpu.models.shapes.analyse import analyse, label_components, score
+from sdcpu.models.shapes.grammar import COLORS, SHAPES, Scene, all_scenes
+from sdcpu.models.shapes.render import render
 
 ATTRIBUTES = ("background", "color", "shape", "count", "match")
 REQUIRED_ACCURACY = 0.99

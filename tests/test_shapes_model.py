@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from engine.cli import app
-from engine.manifest import load_manifest
-from engine.pipeline import Pipeline
-from engine.pngmeta import params_from_text, read_parameters
-from engine.quality import evaluate, request_for
-from models.registry import DEFAULT_MODEL, SHAPES_DIFFUSERS
-from models.shapes.analyse import score
-from models.shapes.grammar import evaluation_prompts, parse_caption
+from sdcpu.engine.cli.app import app
+from sdcpu.engine.manifest import load_manifest
+from sdcpu.engine.measure.quality import evaluate, request_for
+from sdcpu.engine.pipeline import Pipeline
+from sdcpu.engine.png_text import read_parameters
+from sdcpu.engine.pngmeta import params_from_text
+from sdcpu.models.registry import DEFAULT_MODEL, SHAPES_DIFFUSERS
+from sdcpu.models.shapes.analyse import score
+from sdcpu.models.shapes.grammar import evaluation_prompts, parse_caption
 
 PROMPT = "a red circle on a blue background"
 # The shipped model matches 22 of these 24 prompts at seed 0 (fp32, default 25 steps and guidance 2;
@@ -61,7 +62,7 @@ def test_a_wrong_caption_does_not_match(bundled):
 
 
 def test_bundled_folder_is_the_export_of_the_bundled_weights(bundled, tmp_path):
-    from export.exporter import export_model
+    from sdcpu.export.exporter import export_model
 
     fresh = tmp_path / "sdcpu-shapes"
     export_model(str(SHAPES_DIFFUSERS), fresh, fmt="openvino", log=lambda line: None)

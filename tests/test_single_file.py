@@ -8,10 +8,10 @@ import socket
 import pytest
 import torch
 
-from engine.errors import UserError
-from export.ldm_layout import write_ldm_checkpoint
-from export.single_file import SingleFileSource
-from export.source import PipelineSource
+from sdcpu.engine.errors import UserError
+from sdcpu.export.ldm_layout import write_ldm_checkpoint
+from sdcpu.export.single_file import SingleFileSource
+from sdcpu.export.source import PipelineSource
 
 MODULES = ("unet", "vae", "text_encoder", "text_encoder_2")
 
@@ -119,10 +119,10 @@ def test_missing_tokenizer_offline(checkpoints, tiny_sources, tmp_path, monkeypa
     def offline(repo, subfolder):
         raise OSError("Name or service not known")
 
-    monkeypatch.setattr("export.single_file.download_tokenizer", offline)
+    monkeypatch.setattr("sdcpu.export.single_file.download_tokenizer", offline)
     with pytest.raises(UserError, match="pass --config DIR .* tokenizer/"):
         SingleFileSource(str(checkpoints["sd15"])).load("tokenizer")
     folder = shutil.copytree(tiny_sources["sd15"], tmp_path / "bare", ignore=shutil.ignore_patterns("tokenizer"))
-    monkeypatch.setattr("export.single_file.download_tokenizer", pytest.fail)
+    monkeypatch.setattr("sdcpu.export.single_file.download_tokenizer", pytest.fail)
     with pytest.raises(UserError, match="has no tokenizer/"):
         SingleFileSource(str(checkpoints["sd15"]), config_dir=str(folder)).load("tokenizer")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from engine.cli import app
-from engine.errors import UserError
+from sdcpu.engine.cli.app import app
+from sdcpu.engine.errors import UserError
 
 runner = CliRunner()
 EVIL_CODE = "from pathlib import Path\nPath({marker!r}).write_text('ran')\n"
@@ -107,7 +107,7 @@ def test_only_the_supported_classes_may_be_named(tiny_sources, tmp_path, monkeyp
 
 def test_optional_entries_and_other_diffusers_schedulers_are_accepted(tiny_sources, tmp_path, monkeypatch):
     """safety_checker / feature_extractor / image_encoder entries are skipped, never imported."""
-    from export.source import PipelineSource
+    from sdcpu.export.source import PipelineSource
 
     source = copy_source(tiny_sources, tmp_path)
     edit_json(source / "model_index.json", safety_checker=["evil_module_for_sdcpu_test", "Checker"],
@@ -122,7 +122,7 @@ def test_optional_entries_and_other_diffusers_schedulers_are_accepted(tiny_sourc
 
 
 def test_single_file_config_folder_is_held_to_the_same_rules(tiny_sources, tmp_path):
-    from export.ldm_layout import write_ldm_checkpoint
+    from sdcpu.export.ldm_layout import write_ldm_checkpoint
 
     checkpoint = write_ldm_checkpoint(tiny_sources["sd15"], tmp_path / "tiny.safetensors")
     config = copy_source(tiny_sources, tmp_path)
@@ -139,7 +139,7 @@ def test_every_loader_passes_trust_remote_code_false(tiny_sources, monkeypatch):
     """The safety net under the checks: transformers is told never to run or ask about custom code."""
     import transformers
 
-    from export.source import PipelineSource
+    from sdcpu.export.source import PipelineSource
 
     seen = []
     for cls in (transformers.CLIPTextModel, transformers.CLIPTokenizer):
@@ -261,7 +261,7 @@ def fake_hub_cache(root: Path, repo: str, folder: Path) -> Path:
 def test_offline_mode_uses_a_cached_model_and_its_checks(tiny_sources, tmp_path, monkeypatch):
     import huggingface_hub
 
-    from export.source import PipelineSource
+    from sdcpu.export.source import PipelineSource
 
     source = copy_source(tiny_sources, tmp_path)
     cache = fake_hub_cache(tmp_path / "cache", "someone/tiny-sd15", source)

@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from engine.cli import app
-from engine.pngmeta import params_from_text, read_parameters
-from export.quality import image_psnr_db
+from sdcpu.engine.cli.app import app
+from sdcpu.engine.png_text import read_parameters
+from sdcpu.engine.pngmeta import params_from_text
+from sdcpu.export.quality import image_psnr_db
 
 runner = CliRunner()
 PROMPT = "two small yellow triangles on a white background"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.errors import UserError
-from engine.manifest import load_manifest
-from engine.pipeline import Pipeline, Request
+from sdcpu.engine.errors import UserError
+from sdcpu.engine.manifest import load_manifest
+from sdcpu.engine.pipeline import Pipeline, Request
 
 
 def _request(width: int, height: int, batch: int = 1, guidance: float = 7.5) -> Request:
@@ -17,7 +17,7 @@ def _request(width: int, height: int, batch: int = 1, guidance: float = 7.5) -> 
 
 @pytest.fixture(scope="module")
 def static_exports(tiny_sources, tmp_path_factory):
-    from export.exporter import export_model
+    from sdcpu.export.exporter import export_model
 
     root = tmp_path_factory.mktemp("static")
     exports = {}
@@ -62,7 +62,7 @@ def test_onnx_static_export_refuses_other_sizes(static_exports):
 
 
 def test_static_size_must_fit_the_model(tiny_sources, tmp_path):
-    from export.exporter import export_model
+    from sdcpu.export.exporter import export_model
 
     with pytest.raises(UserError, match="--width must be a positive multiple of 8"):
         export_model(str(tiny_sources["sd15"]), tmp_path / "bad", width=60, log=lambda s: None)

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from engine.cli import app
-from engine.errors import UserError
-from engine.manifest import ComponentEntry, load_manifest, write_manifest
-from engine.pipeline import Pipeline, Request
-from engine.pngmeta import params_from_text, read_parameters
-from export.exporter import export_model
-from export.tiny_vae import RANDOM_ORIGIN, load_tiny_vae
+from sdcpu.engine.cli.app import app
+from sdcpu.engine.errors import UserError
+from sdcpu.engine.manifest import ComponentEntry, load_manifest, write_manifest
+from sdcpu.engine.pipeline import Pipeline, Request
+from sdcpu.engine.png_text import read_parameters
+from sdcpu.engine.pngmeta import params_from_text
+from sdcpu.export.exporter import export_model
+from sdcpu.export.tiny_vae import RANDOM_ORIGIN, load_tiny_vae
 from tests.test_cli import assert_user_error
 
 runner = CliRunner()
@@ -79,11 +80,11 @@ def test_tiny_vae_changes_the_image_not_its_shape(exports, fmt):
 
 
 def test_only_the_chosen_decoder_is_compiled(exports, monkeypatch):
-    import engine.pipeline
+    import sdcpu.engine.pipeline
 
     loaded = []
-    original = engine.pipeline.load_graph
-    monkeypatch.setattr(engine.pipeline, "load_graph", lambda folder, name, *a: loaded.append(name) or original(
+    original = sdcpu.engine.pipeline.load_graph
+    monkeypatch.setattr(sdcpu.engine.pipeline, "load_graph", lambda folder, name, *a: loaded.append(name) or original(
         folder, name, *a))
     tiny = Pipeline.load(exports["openvino"], compile_cache=False, tiny_vae=True)
     assert "vae_decoder" not in loaded and TINY in loaded and tiny.vae_decoder.name == TINY
@@ -110,11 +111,11 @@ def test_png_records_tiny_vae_and_from_reruns_it_exactly(exports, tmp_path):
 
 
 def test_bench_and_grid_run_the_tiny_vae(exports, tmp_path, monkeypatch):
-    from engine.bench_report import GemmProbe
+    from sdcpu.engine.measure.bench_report import GemmProbe
 
     probe = GemmProbe("probe", 1, 1, 1.0, 1.0)
-    monkeypatch.setattr("engine.bench_command.gemm_probe", lambda: probe)
-    monkeypatch.setattr("engine.bench_command.openvino_gemm_probe", lambda: None)
+    monkeypatch.setattr("sdcpu.engine.cli.bench.gemm_probe", lambda: probe)
+    monkeypatch.setattr("sdcpu.engine.cli.bench.openvino_gemm_probe", lambda: None)
     model = str(exports["openvino"])
     args = ["bench", "--model", model, "--steps", "1", "--runs", "1", "--warmup", "0", "--tiny-vae"]
     result = runner.invoke(app, [*args, "--json", str(tmp_path / "b.json")])
@@ -186,8 +187,8 @@ def test_unreachable_hub_id_is_one_line(tiny_sources, tmp_path, monkeypatch):
 
 
 def test_hybrid_int8_gives_the_tiny_graph_plain_weight_compression(tmp_path, monkeypatch):
-    from export import quantize_onnx, quantize_openvino
-    from export.precision import convert_component
+    from sdcpu.export import quantize_onnx, quantize_openvino
+    from sdcpu.export.precision import convert_component
 
     calls = []
     monkeypatch.setattr(quantize_openvino, "quantize_hybrid", lambda *a, **k: calls.append("hybrid") or [])

@@ -1,4 +1,4 @@
-"""engine.tokenizer.ClipTokenizer vs transformers' CLIPTokenizer on the tiny CLIP vocabulary."""
+"""sdcpu.engine.tokenizer.ClipTokenizer vs transformers' CLIPTokenizer on the tiny CLIP vocabulary."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.errors import UserError
-from engine.tokenizer import ClipTokenizer
-from export.tiny_tokenizer import BOS_TOKEN, EOS_TOKEN, write_tiny_clip_tokenizer
+from sdcpu.engine.errors import UserError
+from sdcpu.engine.tokenizer import ClipTokenizer
+from sdcpu.export.tiny_tokenizer import BOS_TOKEN, EOS_TOKEN, write_tiny_clip_tokenizer
 
 PAD_TOKENS = {"sd15": EOS_TOKEN, "sdxl2": "!"}
 PROMPTS = [

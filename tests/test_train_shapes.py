@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from export import shapes_model, train_shapes
-from models.shapes.render import make_dataset
+from sdcpu.export import shapes_model, train_shapes
+from sdcpu.models.shapes.render import make_dataset
 
 
 @pytest.fixture(scope="module")

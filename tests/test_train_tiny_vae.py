@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from export import train_tiny_vae
+from sdcpu.export import train_tiny_vae
 
 
 def test_a_few_steps_save_an_autoencoder_tiny_that_decodes_shapes_latents(tmp_path, monkeypatch):

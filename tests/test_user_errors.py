@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from engine.cli import app
-from engine.output_files import resolve_png_output
-from engine.pngmeta import read_parameters
-from engine.size_limits import estimated_peak_bytes
-from models.registry import DEFAULT_MODEL
+from sdcpu.engine.cli.app import app
+from sdcpu.engine.cli.output_files import resolve_png_output
+from sdcpu.engine.png_text import read_parameters
+from sdcpu.engine.size_limits import estimated_peak_bytes
+from sdcpu.models.registry import DEFAULT_MODEL
 
 runner = CliRunner()
 PROMPT = "a red circle on a blue background"
@@ -82,7 +82,7 @@ def test_a_disk_that_fills_while_writing_is_one_line(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("engine.generate_command.save_png", full)
+    monkeypatch.setattr("sdcpu.engine.cli.generate.save_png", full)
     result = generate("-o", tmp_path / "x.png")
     assert result.exit_code == 2 and "error: no space left on" in result.output, result.output
     assert "Traceback" not in result.output and not (tmp_path / "x.png").exists()
@@ -122,7 +122,7 @@ def test_a_short_prompt_gets_no_note(tmp_path):
 
 def sdcpu(*args, home: Path, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "engine.cli", *map(str, args)], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "sdcpu.engine.cli.app", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -16,9 +16,10 @@ from pexpect import fdpexpect
 from PIL import Image, PngImagePlugin
 from typer.testing import CliRunner
 
-from engine.cli import app
-from engine.pngmeta import params_from_text, read_parameters
-from engine.preview import LATENT_TO_RGB, linear_preview
+from sdcpu.engine.cli.app import app
+from sdcpu.engine.png_text import read_parameters
+from sdcpu.engine.pngmeta import params_from_text
+from sdcpu.engine.preview import LATENT_TO_RGB, linear_preview
 
 runner = CliRunner()
 REPO = Path(__file__).parents[1]
@@ -160,7 +161,7 @@ def answer_in_a_terminal(args: list[str], dialogue: list[tuple[str, str]], cwd: 
     after the suite has loaded OpenVINO's thread pools, a Python fork child can crash before exec.
     """
     master, slave = pty.openpty()
-    process = subprocess.Popen([sys.executable, "-m", "engine.cli", *args], cwd=str(cwd), env=env, stdin=slave,
+    process = subprocess.Popen([sys.executable, "-m", "sdcpu.engine.cli.app", *args], cwd=str(cwd), env=env, stdin=slave,
                                stdout=slave, stderr=slave, start_new_session=True)
     os.close(slave)
     child = fdpexpect.fdspawn(master, encoding="utf-8", timeout=120)

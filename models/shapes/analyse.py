@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.shapes.grammar import COLORS, Scene
+from sdcpu.models.shapes.grammar import COLORS, Scene
 
 BORDER = 2
 SEED_DISTANCE = 40.0

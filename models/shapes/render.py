@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from models.shapes.grammar import COLORS, SIZE_FRACTION, Scene, sample_scenes
+from sdcpu.models.shapes.grammar import COLORS, SIZE_FRACTION, Scene, sample_scenes
 
 IMAGE_SIZE = 64
 SUPERSAMPLE = 4

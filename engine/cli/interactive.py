@@ -8,11 +8,11 @@ from pathlib import Path
 
 import typer
 
-from engine.errors import UserError
-from engine.local_models import LocalModel, find_models, resolve_model, search_dirs
-from engine.manifest import load_manifest
-from engine.reproduce import Options
-from models.registry import DEFAULT_MODEL, FAMILIES
+from sdcpu.engine.errors import UserError
+from sdcpu.engine.local_models import LocalModel, find_models, resolve_model, search_dirs
+from sdcpu.engine.manifest import load_manifest
+from sdcpu.engine.reproduce import Options
+from sdcpu.models.registry import DEFAULT_MODEL, FAMILIES
 
 
 def require_terminal() -> None:

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from engine.errors import UserError
+from sdcpu.engine.errors import UserError
 
 PNG_SUFFIX = ".png"
 PNG_OVERHEAD_BYTES = 64 * 1024

@@ -17,12 +17,12 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from engine.errors import UserError
-from engine.generate_command import build_request
-from engine.markdown import markdown_table
-from engine.pipeline import Pipeline, Request
-from models.shapes.analyse import score
-from models.shapes.grammar import Scene, parse_caption
+from sdcpu.engine.errors import UserError
+from sdcpu.engine.measure.markdown import markdown_table
+from sdcpu.engine.pipeline import Pipeline, Request
+from sdcpu.engine.request_defaults import build_request
+from sdcpu.models.shapes.analyse import score
+from sdcpu.models.shapes.grammar import Scene, parse_caption
 
 ATTRIBUTES = ("match", "background", "color", "shape", "count")
 MAX_BATCH = 8

@@ -8,20 +8,28 @@ from pathlib import Path
 
 import typer
 
-from engine.atomic import atomic_write
-from engine.bench_plot import write_plot
-from engine.bench_report import (LatencyReport, UnetFlops, gemm_probe, machine_info, memory_usage, openvino_gemm_probe,
-                                 report_json, report_text)
-from engine.errors import UserError
-from engine.flops import count_macs_by_op
-from engine.latency import LATENCY_PROMPT, measure_latency
-from engine.local_models import resolve_model
-from engine.noise import SEED_LIMIT
-from engine.output_files import check_output
-from engine.pipeline import Pipeline
-from engine.quality import QualityRow, quality_json, quality_table, request_for, sweep
-from engine.samplers import SAMPLERS
-from models.shapes.grammar import evaluation_prompts, parse_caption
+from sdcpu.engine.atomic import atomic_write
+from sdcpu.engine.cli.output_files import check_output
+from sdcpu.engine.errors import UserError
+from sdcpu.engine.local_models import resolve_model
+from sdcpu.engine.measure.bench_plot import write_plot
+from sdcpu.engine.measure.bench_report import (
+    LatencyReport,
+    UnetFlops,
+    gemm_probe,
+    machine_info,
+    memory_usage,
+    openvino_gemm_probe,
+    report_json,
+    report_text,
+)
+from sdcpu.engine.measure.flops import count_macs_by_op
+from sdcpu.engine.measure.latency import LATENCY_PROMPT, measure_latency
+from sdcpu.engine.measure.quality import QualityRow, quality_json, quality_table, request_for, sweep
+from sdcpu.engine.noise import SEED_LIMIT
+from sdcpu.engine.pipeline import Pipeline
+from sdcpu.engine.samplers import SAMPLERS
+from sdcpu.models.shapes.grammar import evaluation_prompts, parse_caption
 
 DEFAULT_PROMPTS = 100
 

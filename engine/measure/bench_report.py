@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-import engine
-from engine.flops import COUNTERS
-from engine.latency import LATENCY_COLUMNS, LatencyRow, latency_cells
-from engine.markdown import markdown_table, plural
+import sdcpu
+from sdcpu.engine.measure.flops import COUNTERS
+from sdcpu.engine.measure.latency import LATENCY_COLUMNS, LatencyRow, latency_cells
+from sdcpu.engine.measure.markdown import markdown_table, plural
 
 GEMM_LABEL = "numpy fp32 GEMM probe"
 MIB = 1024 * 1024
@@ -209,7 +209,7 @@ def report_json(report: LatencyReport) -> dict:
         "model", "format", "precision", "tiny_vae", "width", "height", "guidance", "runs", "warmup", "compile_cache")}
     first = report.rows[0]
     data.update(
-        sdcpu_version=engine.__version__, machine=report.machine, gemm_probe=asdict(report.gemm),
+        sdcpu_version=sdcpu.__version__, machine=report.machine, gemm_probe=asdict(report.gemm),
         gemm_probe_openvino=asdict(report.gemm_openvino) if report.gemm_openvino else None,
         unet_vs_openvino_gemm=unet_vs_gemm(report),
         compile_s=report.compile_s, first_call_s=first.first_call, warm_total_s=first.total_median,
@@ -282,5 +282,5 @@ def report_text(report: LatencyReport) -> str:
     if "unet" in r.runtime:
         lines.append(runtime_text(r.runtime["unet"]))
     lines.append(f"machine: {m['cpu']}, {m['logical_cores']} logical cores; openvino {m['openvino']}, "
-                 f"onnxruntime {m['onnxruntime']}, sdcpu {engine.__version__}")
+                 f"onnxruntime {m['onnxruntime']}, sdcpu {sdcpu.__version__}")
     return "\n".join(lines)

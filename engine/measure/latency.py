@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.pipeline import Pipeline, Request
+from sdcpu.engine.pipeline import Pipeline, Request
 
 LATENCY_PROMPT = "a photo of a cat"
 

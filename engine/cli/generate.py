@@ -9,43 +9,20 @@ import typer
 from PIL import Image
 from tqdm import tqdm
 
-import engine
-from engine.atomic import atomic_write
-from engine.errors import UserError
-from engine.interactive import ask_options
-from engine.local_models import resolve_model
-from engine.manifest import load_manifest
-from engine.noise import resolve_seed
-from engine.output_files import check_writable, explained_write_errors, png_bytes_bound, resolve_png_output
-from engine.pipeline import Pipeline, Request
-from engine.pngmeta import GenerationParams, save_png
-from engine.preview import check_preview_options, preview_kind, preview_paths, preview_writer
-from engine.reproduce import Options, merge_from_png
-from models.registry import DEFAULT_MODEL, model_guidance, model_size, model_steps, step_advice
+from sdcpu.engine.atomic import atomic_write
+from sdcpu.engine.cli.interactive import ask_options
+from sdcpu.engine.cli.output_files import check_writable, explained_write_errors, png_bytes_bound, resolve_png_output
+from sdcpu.engine.errors import UserError
+from sdcpu.engine.local_models import resolve_model
+from sdcpu.engine.manifest import load_manifest
+from sdcpu.engine.pipeline import Pipeline, Request
+from sdcpu.engine.pngmeta import save_png
+from sdcpu.engine.preview import check_preview_options, preview_kind, preview_paths, preview_writer
+from sdcpu.engine.reproduce import Options, merge_from_png
+from sdcpu.engine.request_defaults import build_request, default_model, params_for
+from sdcpu.models.registry import step_advice
 
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_inv_fmt}]"
-
-
-def build_request(pipe: Pipeline, prompt: str, negative_prompt: str, steps, guidance, seed: int,
-                  width, height, scheduler, batch: int) -> Request:
-    """Options left out take the family's defaults and the model's native size and scheduler."""
-    m = pipe.manifest
-    default_w, default_h = model_size(m)
-    try:
-        resolved_seed = resolve_seed(seed)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    return Request(
-        prompt=prompt,
-        negative_prompt=negative_prompt,
-        steps=model_steps(m) if steps is None else steps,
-        guidance=model_guidance(m) if guidance is None else guidance,
-        seed=resolved_seed,
-        width=default_w if width is None else width,
-        height=default_h if height is None else height,
-        sampler=scheduler or pipe.default_sampler(),
-        batch=batch,
-    )
 
 
 def output_paths(output: Path, seeds: list[int]) -> list[Path]:
@@ -54,18 +31,6 @@ def output_paths(output: Path, seeds: list[int]) -> list[Path]:
     if len(seeds) == 1:
         return [output]
     return [output.with_name(f"{output.stem}-{s}{output.suffix}") for s in seeds]
-
-
-def params_for(pipe: Pipeline, request: Request, seed: int) -> GenerationParams:
-    """Everything needed to reproduce one image, for its PNG text chunk."""
-    m = pipe.manifest
-    return GenerationParams(
-        prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
-        sampler=request.sampler, guidance=request.guidance, seed=seed, width=request.width,
-        height=request.height, model=pipe.folder.resolve().name, model_family=m.family, backend=m.format,
-        precision=m.precision, sdcpu_version=engine.__version__, inference_precision=pipe.inference_precision,
-        deepcache=pipe.deepcache, tiny_vae=pipe.tiny_vae,
-    )
 
 
 def _advance(bar: tqdm, step: int, total: int) -> None:
@@ -102,13 +67,6 @@ def resolve_options(given: Options, from_image: Path | None, interactive: bool) 
     if given.model is None:
         given = replace(given, model=str(default_model()))
     return given
-
-
-def default_model() -> Path:
-    """The shapes model that ships with sdcpu, pre-exported; a UserError if this install lacks it."""
-    if not (DEFAULT_MODEL / "manifest.json").is_file():
-        raise UserError(f"the bundled shapes model is missing from {DEFAULT_MODEL}; reinstall sdcpu or pass --model DIR")
-    return DEFAULT_MODEL
 
 
 def _precision_for(folder: Path, chosen: str | None, given: str | None) -> str | None:

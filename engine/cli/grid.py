@@ -16,19 +16,20 @@ import numpy as np
 import typer
 from PIL import Image, PngImagePlugin
 
-import engine
-from engine.atomic import atomic_write
-from engine.bench_command import parse_ints
-from engine.contact_sheet import Layout, contact_sheet, sheet_layout
-from engine.errors import UserError
-from engine.generate_command import build_request, default_model, params_for, progress_bar
-from engine.local_models import resolve_model
-from engine.markdown import plural
-from engine.noise import SEED_LIMIT, resolve_seed
-from engine.output_files import check_writable, explained_write_errors, png_bytes_bound, resolve_png_output
-from engine.pipeline import Pipeline, Request
-from engine.pngmeta import PARAMETERS_KEY, TINY_VAE_LABEL, format_number, quote, save_png
-from models.registry import FAMILIES, model_steps
+import sdcpu
+from sdcpu.engine.atomic import atomic_write
+from sdcpu.engine.cli.bench import parse_ints
+from sdcpu.engine.cli.contact_sheet import Layout, contact_sheet, sheet_layout
+from sdcpu.engine.cli.generate import progress_bar
+from sdcpu.engine.cli.output_files import check_writable, explained_write_errors, png_bytes_bound, resolve_png_output
+from sdcpu.engine.errors import UserError
+from sdcpu.engine.local_models import resolve_model
+from sdcpu.engine.measure.markdown import plural
+from sdcpu.engine.noise import SEED_LIMIT, resolve_seed
+from sdcpu.engine.pipeline import Pipeline, Request
+from sdcpu.engine.pngmeta import PARAMETERS_KEY, TINY_VAE_LABEL, format_number, quote, save_png
+from sdcpu.engine.request_defaults import build_request, default_model, params_for
+from sdcpu.models.registry import FAMILIES, model_steps
 
 MAX_CELLS = 64
 
@@ -106,7 +107,7 @@ def grid_infotext(rows: list[list[Request]], pipe: Pipeline) -> str:
              ("Grid rows", "; ".join(f"seed {r[0].seed} cfg {format_number(r[0].guidance)}" for r in rows)),
              ("sdcpu sampler", first.sampler), ("Image size", f"{first.width}x{first.height}"),
              ("Model", pipe.manifest.name), ("Backend", pipe.manifest.format),
-             *([("VAE", TINY_VAE_LABEL)] if pipe.tiny_vae else []), ("Version", f"sdcpu {engine.__version__}")]
+             *([("VAE", TINY_VAE_LABEL)] if pipe.tiny_vae else []), ("Version", f"sdcpu {sdcpu.__version__}")]
     negative = f"\nNegative prompt: {first.negative_prompt}" if first.negative_prompt else ""
     return f"{first.prompt}{negative}\n" + ", ".join(f"{key}: {quote(value)}" for key, value in items)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from engine.atomic import atomic_write
-from engine.latency import LatencyRow
+from sdcpu.engine.atomic import atomic_write
+from sdcpu.engine.measure.latency import LatencyRow
 
 SIZE = (900, 540)
 MARGIN = {"left": 70, "right": 200, "top": 40, "bottom": 55}

@@ -10,8 +10,8 @@ from typing import Optional
 
 import typer
 
-import engine
-from engine.errors import UserError
+import sdcpu
+from sdcpu.engine.errors import UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -56,8 +56,8 @@ def user_errors(command):
 
 def _require_exporter():
     try:
-        import torch  # noqa: F401
         import diffusers  # noqa: F401
+        import torch  # noqa: F401
     except ImportError:
         raise UserError("exporting needs the exporter extra: pip install 'sdcpu[export]'") from None
 
@@ -96,8 +96,8 @@ def export(
     if out_dir is None:
         raise UserError("missing OUT_DIR: sdcpu export SOURCE OUT_DIR (or sdcpu export --random-weights FAMILY OUT_DIR)")
     _require_exporter()
-    from export.exporter import export_model
-    from export.options import ExportOptions
+    from sdcpu.export.exporter import export_model
+    from sdcpu.export.options import ExportOptions
 
     options = ExportOptions(
         fmt=format, precision=precision, quant=quant, width=width, height=height, batch=batch,
@@ -136,7 +136,7 @@ def generate(
     Options left out take the model family's defaults (see `sdcpu models`). Try an idea at few
     steps, then re-run the seed you like with more: `sdcpu generate --from sdcpu.png --steps 30`.
     """
-    from engine.generate_command import run_generate
+    from sdcpu.engine.cli.generate import run_generate
 
     run_generate(
         prompt=prompt, model=model, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
@@ -153,25 +153,16 @@ def models(
     directory: Optional[list[Path]] = typer.Argument(None, help="Folders to search instead of the current folder and $SDCPU_MODELS (default ~/sdcpu-models)."),
 ):
     """List the model families with their defaults, and the exported models found locally."""
-    from engine.local_models import families_table, find_models, models_table, search_dirs
+    from sdcpu.engine.cli.models_command import run_models
 
-    typer.echo("Families (what generate uses for options left out):\n")
-    typer.echo(families_table())
-    dirs = directory or search_dirs()
-    found = find_models(dirs)
-    where = ", ".join(str(d) for d in dirs)
-    if not found:
-        typer.echo(f"\nNo exported models in {where}. Export one with `sdcpu export SOURCE OUT_DIR`.")
-        return
-    typer.echo(f"\nExported models in {where} (use the name or the path with --model):\n")
-    typer.echo(models_table(found))
+    run_models(directory)
 
 
 @app.command()
 @user_errors
 def info(image: Path = typer.Argument(..., help="A PNG written by sdcpu or Automatic1111.")):
     """Print the generation parameters recorded in a PNG."""
-    from engine.reproduce import describe_png
+    from sdcpu.engine.reproduce import describe_png
 
     typer.echo(describe_png(image))
     typer.echo(f"\nre-run: sdcpu generate --from {image}  (add --steps N, --seed S, ... to change one thing)")
@@ -200,7 +191,7 @@ def grid(
     Rows are seeds (or (seed, guidance) pairs), columns step counts; each cell is captioned with its time.
     The prompt is encoded once for the whole grid.
     """
-    from engine.grid_command import run_grid
+    from sdcpu.engine.cli.grid import run_grid
 
     run_grid(
         prompt=prompt, model=model, steps=steps, seeds=seeds, guidance=guidance, negative_prompt=negative_prompt,
@@ -218,9 +209,9 @@ def demo(
 ):
     """Export sdcpu's bundled shapes model from its diffusers weights and generate from the export (offline)."""
     _require_exporter()
-    from engine.generate_command import run_generate
-    from export.exporter import export_model
-    from models.registry import SHAPES_DIFFUSERS
+    from sdcpu.engine.cli.generate import run_generate
+    from sdcpu.export.exporter import export_model
+    from sdcpu.models.registry import SHAPES_DIFFUSERS
 
     if not (SHAPES_DIFFUSERS / "model_index.json").is_file():
         raise UserError(f"the bundled shapes model's weights are missing from {SHAPES_DIFFUSERS}")
@@ -254,7 +245,7 @@ def bench(
 
     Timing also reports compile and first-call time, peak memory, the fit total = a + b * steps, UNet FLOPs and TFLOP/s, and a numpy GEMM probe to compare machines by.
     """
-    from engine.bench_command import run_bench
+    from sdcpu.engine.cli.bench import run_bench
 
     run_bench(model=model, steps=steps, schedulers=schedulers, prompts=prompts, prompt_file=prompt_file,
               seeds=seeds, guidance=guidance, runs=runs, json_path=json_path, quality=quality,
@@ -265,7 +256,7 @@ def bench(
 @app.command()
 def version():
     """Print the sdcpu version."""
-    typer.echo(f"sdcpu {engine.__version__}")
+    typer.echo(f"sdcpu {sdcpu.__version__}")
 
 
 TERMINATED_EXIT = 128 + signal.SIGTERM
