@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from sdcpu.engine import contact_sheet as cs
+from sdcpu.engine.cli import contact_sheet as cs
 from sdcpu.engine.cli.app import app
 from sdcpu.engine.cli.grid import run_grid
 from sdcpu.engine.pipeline import Pipeline

@@ -65,7 +65,7 @@ def test_no_suffix_still_means_png():
 def test_an_output_under_a_file_is_refused(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    one_error_line(generate("-o", blocker / "x.png"), "is a file, not a folder")
+    one_error_line(generate("-o", blocker / "x.png"), "is not a writable folder (it is a file)")
 
 
 def test_an_unwritable_folder_is_refused_before_loading():

@@ -52,7 +52,7 @@ def check_writable(path: Path, needed_bytes: int, option: str = "-o") -> None:
         raise UserError(f"{option} {path} is a folder, not a file")
     folder = nearest_existing_folder(path)
     if not folder.is_dir():
-        raise UserError(f"cannot write {option} {path}: {folder} is a file, not a folder")
+        raise UserError(f"cannot write {option} {path}: {folder} is not a writable folder (it is a file)")
     try:
         with tempfile.TemporaryFile(dir=folder):
             pass
