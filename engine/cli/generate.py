@@ -11,7 +11,13 @@ from tqdm import tqdm
 
 from sdcpu.engine.atomic import atomic_write
 from sdcpu.engine.cli.interactive import ask_options
-from sdcpu.engine.cli.output_files import check_writable, explained_write_errors, png_bytes_bound, resolve_png_output
+from sdcpu.engine.cli.output_files import (
+    check_free_space,
+    check_writable,
+    explained_write_errors,
+    png_bytes_bound,
+    resolve_png_output,
+)
 from sdcpu.engine.errors import UserError
 from sdcpu.engine.local_models import resolve_model
 from sdcpu.engine.manifest import load_manifest
@@ -26,8 +32,7 @@ BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{
 
 
 def output_paths(output: Path, seeds: list[int]) -> list[Path]:
-    """One path per image: OUTPUT itself for one image, OUTPUT-SEED.png for a batch (a folder: sdcpu.png inside)."""
-    output = resolve_png_output(output, "sdcpu.png")
+    """One path per image: OUTPUT (already resolved to a .png) for one image, OUTPUT-SEED.png for a batch."""
     if len(seeds) == 1:
         return [output]
     return [output.with_name(f"{output.stem}-{s}{output.suffix}") for s in seeds]
@@ -130,7 +135,7 @@ def run_generate(prompt: str | None = None, model=None, negative_prompt: str | N
     o = resolve_options(given, from_image, interactive)
     folder = resolve_model(o.model)
     target = resolve_png_output(output, "sdcpu.png")
-    check_writable(target, 0)
+    check_writable(target)
     pipe = Pipeline.load(folder, compile_cache=compile_cache,
                          inference_precision=_precision_for(folder, o.inference_precision, inference_precision),
                          deepcache=o.deepcache, tiny_vae=bool(o.tiny_vae), log=lambda line: typer.echo(line, err=True))
@@ -141,7 +146,7 @@ def run_generate(prompt: str | None = None, model=None, negative_prompt: str | N
     paths = output_paths(target, seeds)
     previews = request.steps // preview_every if preview_every else 0
     needed = png_bytes_bound(request.width, request.height, batch * (1 + previews))
-    check_writable(paths[0], needed)
+    check_free_space(target, needed)
     pipe.fit_static_shapes(request, log=lambda line: typer.echo(line, err=True))
     _notes(pipe, request, o.seed)
     on_denoised = _preview_callback(pipe, request, target, preview_every, preview, seeds)

@@ -21,7 +21,13 @@ from sdcpu.engine.atomic import atomic_write
 from sdcpu.engine.cli.bench import parse_ints
 from sdcpu.engine.cli.contact_sheet import Layout, contact_sheet, sheet_layout
 from sdcpu.engine.cli.generate import progress_bar
-from sdcpu.engine.cli.output_files import check_writable, explained_write_errors, png_bytes_bound, resolve_png_output
+from sdcpu.engine.cli.output_files import (
+    check_free_space,
+    check_writable,
+    explained_write_errors,
+    png_bytes_bound,
+    resolve_png_output,
+)
 from sdcpu.engine.errors import UserError
 from sdcpu.engine.local_models import resolve_model
 from sdcpu.engine.measure.markdown import plural
@@ -198,7 +204,8 @@ def run_grid(prompt: str, model: str | Path | None = None, steps: str | None = N
     output = resolve_png_output(output, "grid.png")
     cells = sum(len(row) for row in rows)
     needed = png_bytes_bound(rows[0][0].width, rows[0][0].height, 2 * cells)
-    check_writable(output, needed)
+    check_writable(output)
+    check_free_space(output, needed)
     notes(pipe, rows, random_seed=seeds is None)
     images, seconds = render(pipe, rows)
 

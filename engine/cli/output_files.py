@@ -46,8 +46,8 @@ def nearest_existing_folder(path: Path) -> Path:
     return folder
 
 
-def check_writable(path: Path, needed_bytes: int, option: str = "-o") -> None:
-    """Refuse, before any work, an output that is a folder, under a file, unwritable, or on a disk too full."""
+def check_writable(path: Path, option: str = "-o") -> None:
+    """Refuse, before any work, an output that is a folder, under a file, or in a folder that cannot be written."""
     if path.is_dir():
         raise UserError(f"{option} {path} is a folder, not a file")
     folder = nearest_existing_folder(path)
@@ -58,8 +58,12 @@ def check_writable(path: Path, needed_bytes: int, option: str = "-o") -> None:
             pass
     except OSError as exc:
         raise UserError(f"cannot write {option} {path}: {folder} is not a writable folder ({exc.strerror})") from None
-    free = shutil.disk_usage(folder).free
-    if free < needed_bytes:
+
+
+def check_free_space(path: Path, needed_bytes: int) -> None:
+    """Refuse an output whose disk has less than NEEDED_BYTES free, before the work that would fill it."""
+    folder = nearest_existing_folder(path)
+    if shutil.disk_usage(folder).free < needed_bytes:
         raise UserError(no_space_message(folder, needed_bytes))
 
 
@@ -69,7 +73,8 @@ def check_output(path: Path | None, option: str, suffix: str | None = None) -> N
         return
     if suffix and path.suffix.lower() != suffix:
         raise UserError(f"{option} must name a {suffix} file (got {path})")
-    check_writable(path, PNG_OVERHEAD_BYTES, option)
+    check_writable(path, option)
+    check_free_space(path, PNG_OVERHEAD_BYTES)
 
 
 def no_space_message(folder: Path, needed_bytes: int) -> str:
