@@ -32,6 +32,11 @@ def compile_variant(core, path: Path, hint: str, static: dict | None = None, str
     return core.compile_model(model, "CPU", config)
 
 
+def static_halves(static: dict) -> dict:
+    """The static shapes of one CFG half: batch 1."""
+    return {name: [1, *shape[1:]] for name, shape in static.items()}
+
+
 def batch2(compiled, feeds: dict) -> np.ndarray:
     return compiled.create_infer_request().infer(feeds)[0].copy()
 
@@ -76,12 +81,15 @@ def variants(core, model: Path, int8: Path | None, width: int, height: int):
     c = {"f32": compile_variant(core, unet, "f32"), "bf16": compile_variant(core, unet, "bf16"),
          "static": compile_variant(core, unet, "bf16", static),
          "streams": compile_variant(core, unet, "bf16", streams=2),
+         "static_streams": compile_variant(core, unet, "bf16", static_halves(static), streams=2),
          "vae32": compile_variant(core, vae, "f32"), "vae16": compile_variant(core, vae, "bf16")}
     out = [("UNet f32, batch 2", None, lambda: batch2(c["f32"], feeds)),
            ("UNet bf16, batch 2", "UNet f32, batch 2", lambda: batch2(c["bf16"], feeds)),
            ("UNet bf16, static shapes", "UNet f32, batch 2", lambda: batch2(c["static"], feeds)),
            ("UNet bf16, 2 x batch 1", "UNet f32, batch 2", lambda: two_calls(c["bf16"], feeds)),
-           ("UNet bf16, 2 x batch 1 on 2 streams", "UNet f32, batch 2", lambda: two_streams(c["streams"], feeds))]
+           ("UNet bf16, 2 x batch 1 on 2 streams", "UNet f32, batch 2", lambda: two_streams(c["streams"], feeds)),
+           ("UNet bf16, static, 2 x batch 1 on 2 streams", "UNet f32, batch 2",
+            lambda: two_streams(c["static_streams"], feeds))]
     if int8:
         m8 = load_manifest(int8)
         c["int8"] = compile_variant(core, int8 / m8.components["unet"].file, "bf16")

@@ -45,6 +45,9 @@ class Peer:
 
 def peer_table(optimum_python: str | None) -> dict[str, Peer]:
     return {p.name: p for p in (
+        Peer("sdcpu", "sdcpu", "ov-default"),
+        Peer("sdcpu-dynamic", "sdcpu", "ov-default", {"dynamic_shapes": True}),
+        Peer("sdcpu-fast", "sdcpu", "ov-fast", {"fast": True}),
         Peer("sdcpu-bf16", "sdcpu", "ov", {"inference_precision": "bf16"}),
         Peer("sdcpu-f32", "sdcpu", "ov", {"inference_precision": "f32"}),
         Peer("sdcpu-bf16-deepcache3", "sdcpu", "ov", {"inference_precision": "bf16", "deepcache": 3}),
@@ -58,6 +61,7 @@ def peer_table(optimum_python: str | None) -> dict[str, Peer]:
         Peer("sdcpu-onnx", "sdcpu", "onnx"),
         Peer("openvino-genai", "genai", "optimum"),
         Peer("optimum-intel", "optimum", "optimum", python=optimum_python),
+        Peer("optimum-intel-int8-hybrid", "optimum", "optimum-hybrid", python=optimum_python),
         Peer("diffusers-fp32", "diffusers", "random", {"dtype": "fp32"}),
         Peer("diffusers-bf16", "diffusers", "random", {"dtype": "bf16"}),
     )}
@@ -74,19 +78,24 @@ def run_logged(command: list[str], log: Path) -> None:
 
 TINY_VAE = ["--tiny-vae", "random"]
 EXPORTS = {  # folder kind -> (folder suffix, extra `sdcpu export` options)
-    "ov": ("fp32-ov", ["--deepcache", *TINY_VAE]),
+    "ov-default": ("default-ov", []),
+    "ov-fast": ("fast-ov", ["--fast"]),
+    "ov": ("fp32-ov", ["--precision", "fp32", "--deepcache", *TINY_VAE]),
     "ov-fp16": ("fp16-ov", ["--precision", "fp16"]),
     "ov-int8": ("int8-ov", ["--precision", "int8"]),
     "ov-hybrid": ("int8-hybrid-ov", ["--precision", "int8", "--quant", "hybrid", "--deepcache", *TINY_VAE]),
-    "onnx": ("fp32-onnx", ["--format", "onnx"]),
+    "onnx": ("fp32-onnx", ["--format", "onnx", "--precision", "fp32"]),
 }
 
 
-def model_folders(family: str, work: Path, kinds: set[str]) -> dict[str, str]:
-    """Export what the chosen peers load, once per work folder (sdcpu exports, then the optimum layout)."""
+def model_folders(family: str, work: Path, kinds: set[str], optimum_python: str) -> dict[str, str]:
+    """Export what the chosen peers load, once per work folder (sdcpu exports, then the optimum layouts)."""
     sdcpu = [sys.executable, "-m", "sdcpu.engine.cli.app", "export", "--random-weights", family, "--no-quality-check"]
     folders = {"random": f"random-weights:{family}"}
-    for kind in sorted(kinds | ({"ov"} if "optimum" in kinds else set())):
+    optimum_kinds = {"optimum", "optimum-hybrid"}
+    if kinds & optimum_kinds:
+        kinds = kinds | {"ov", "optimum"}
+    for kind in sorted(kinds):
         if kind not in EXPORTS:
             continue
         suffix, options = EXPORTS[kind]
@@ -102,6 +111,12 @@ def model_folders(family: str, work: Path, kinds: set[str]) -> dict[str, str]:
             run_logged([sys.executable, str(REPO / "bench" / "optimum_layout.py"), folders["ov"], str(layout)],
                        work / f"{family}-optimum-layout.log")
         folders["optimum"] = str(layout)
+    if "optimum-hybrid" in kinds:
+        hybrid = work / f"{family}-optimum-int8-hybrid"
+        if not (hybrid / "model_index.json").is_file():
+            run_logged([optimum_python, str(REPO / "bench" / "optimum_hybrid.py"), str(layout), str(hybrid),
+                        "--family", family], work / f"{family}-optimum-hybrid.log")
+        folders["optimum-hybrid"] = str(hybrid)
     return folders
 
 
@@ -148,11 +163,12 @@ def main() -> None:
     unknown = [n for n in names if n not in table]
     if unknown:
         sys.exit(f"unknown peer {unknown[0]!r}; choose from {', '.join(table)}")
-    if "optimum-intel" in names and not Path(args.optimum_python).is_file():
-        print(f"note: {args.optimum_python} is missing (run bench/setup_optimum_venv.sh); skipping optimum-intel")
-        names.remove("optimum-intel")
+    if not Path(args.optimum_python).is_file():
+        for name in [n for n in names if table[n].python]:
+            print(f"note: {args.optimum_python} is missing (run bench/setup_optimum_venv.sh); skipping {name}")
+            names.remove(name)
     args.work.mkdir(parents=True, exist_ok=True)
-    folders = model_folders(args.family, args.work, {table[n].folder for n in names})
+    folders = model_folders(args.family, args.work, {table[n].folder for n in names}, args.optimum_python)
     settings = settings_for(args.family)
     steps = args.steps or STEP_COUNTS[args.family]
     tag = f"-{args.tag}" if args.tag else ""

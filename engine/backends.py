@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import copy
 import os
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from sdcpu.engine.compile_cache import Log, compile_through_cache
+from sdcpu.engine.compile_cache import Log, compile_through_cache, short_reason
 from sdcpu.engine.errors import UserError
 from sdcpu.engine.manifest import ComponentEntry
+from sdcpu.engine.mapped_files import MappedFile
 
 BACKENDS = ("openvino", "onnx")
 INFERENCE_PRECISIONS = ("auto", "f32", "bf16")
 Runner = Callable[[dict], dict[str, np.ndarray]]
+DYNAMIC_NAMES = ("batch", "dim1", "dim2", "dim3", "dim4")  # how a -1 (dynamic) dimension is declared
 
 
 def default_cache_dir() -> Path:
@@ -44,7 +47,14 @@ class Graph:
         self.calls = 0
 
     def run(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
-        """All outputs by name, as float32; NaN or Inf in one is an error naming this graph."""
+        """All outputs by name, as float32; NaN or Inf in one is an error naming this graph.
+
+        A graph compiled for one row runs a call of several rows one row at a time."""
+        rows = {len(v) for v in feeds.values() if np.ndim(v)}
+        step = self.static_batch
+        if step and len(rows) == 1 and (count := rows.pop()) > step and count % step == 0:
+            parts = [self.run(**{k: v[i:i + step] for k, v in feeds.items()}) for i in range(0, count, step)]
+            return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
         self.calls += 1
         outputs = self._run(self._checked(feeds))
         outputs = {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in outputs.items()}
@@ -63,19 +73,49 @@ class Graph:
     def __call__(self, **feeds: np.ndarray) -> np.ndarray:
         return next(iter(self.run(**feeds).values()))
 
+    @property
+    def mapped_files(self) -> list:
+        """The files this build reads its weights from through our own mappings (engine/mapped_files.py)."""
+        return list(getattr(self._run, "mappings", []))
+
+    def output_shape(self, output: str) -> tuple | None:
+        """The shape of one output of the compiled graph (-1 for a dynamic dimension); None when unknown."""
+        compiled = getattr(self._run, "compiled", None)
+        if compiled is None:
+            return None
+        shape = compiled.output(output).get_partial_shape()
+        if shape.rank.is_dynamic or any(d.is_dynamic and i for i, d in enumerate(shape)):
+            return None
+        return tuple(-1 if d.is_dynamic else d.get_length() for d in shape)
+
+    @property
+    def static_batch(self) -> int | None:
+        """The batch size the graph was compiled for, or None when its batch is dynamic."""
+        first = next(iter(self.entry.inputs.values()))["shape"][0]
+        return None if isinstance(first, str) else int(first)
+
     def static_mismatches(self, shapes: dict[str, tuple]) -> dict[str, tuple]:
-        """The inputs whose declared static shape differs from the one a request needs."""
+        """The inputs whose declared static shape differs from the one a request needs (a graph compiled for
+        one row takes any number of rows, run one by one)."""
         declared = self.entry.inputs
+        step = self.static_batch
+        if step and all(v[0] % step == 0 for v in shapes.values()):
+            shapes = {k: (step, *v[1:]) for k, v in shapes.items()}
         return {k: tuple(v) for k, v in shapes.items() if k in declared and not _fits(v, declared[k]["shape"])}
 
     def reshape(self, shapes: dict[str, tuple]) -> None:
         """Recompile for new static input shapes (OpenVINO); other backends cannot."""
         if self._reshape is None:
             raise UserError(f"{self.name}: this backend cannot reshape a static graph")
+        self._run = None  # the old build goes before the new one is made: one build in memory at a time
         self._run = self._reshape(shapes)
+        self.set_static(shapes)
+
+    def set_static(self, shapes: dict[str, tuple]) -> None:
+        """Declare the static input shapes this graph now takes (its entry is copied, not changed in place)."""
         self.entry = copy.deepcopy(self.entry)
         for key, shape in shapes.items():
-            self.entry.inputs[key]["shape"] = list(shape)
+            self.entry.inputs[key]["shape"] = [DYNAMIC_NAMES[i] if d == -1 else d for i, d in enumerate(shape)]
 
     def _checked(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         declared = self.entry.inputs
@@ -98,11 +138,39 @@ def _fits(shape, declared: list) -> bool:
     return len(shape) == len(declared) and all(isinstance(d, str) or d == s for s, d in zip(shape, declared))
 
 
+@lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin computes bf16 natively here (AVX512-BF16 or AMX)."""
+    import openvino as ov
+
+    try:
+        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except RuntimeError:
+        return False
+
+
+def default_inference_precision() -> str:
+    """What `auto` means: $SDCPU_INFERENCE_PRECISION if set, else bf16 on CPUs that compute it natively, else f32."""
+    pinned = os.environ.get("SDCPU_INFERENCE_PRECISION", "").strip().lower()
+    if pinned and pinned != "auto":
+        if pinned not in INFERENCE_PRECISIONS:
+            raise UserError(f"SDCPU_INFERENCE_PRECISION={pinned!r} is not one of {', '.join(INFERENCE_PRECISIONS)}")
+        return pinned
+    return "bf16" if cpu_has_bf16() else "f32"
+
+
+def exact_precision(fmt: str) -> str | None:
+    """The inference precision that computes a graph exactly as exported: f32 on OpenVINO; ONNX Runtime takes none."""
+    return "f32" if fmt == "openvino" else None
+
+
 def openvino_config(precision: str, inference_precision: str | None = None) -> dict:
-    """fp32 models infer in f32 (OpenVINO on AMX/AVX512-BF16 CPUs picks bf16 by default) unless told."""
+    """The compute precision as OpenVINO's hint: the one asked for, or `default_inference_precision()`.
+
+    `precision` (the export's) does not change the rule: fp16 and int8 exports run in the same type as fp32 ones.
+    """
     explicit = inference_precision not in (None, "auto")
-    hint = inference_precision if explicit else ("f32" if precision == "fp32" else None)
-    return {"INFERENCE_PRECISION_HINT": hint} if hint else {}
+    return {"INFERENCE_PRECISION_HINT": inference_precision if explicit else default_inference_precision()}
 
 
 def check_ir_header(path: Path) -> None:
@@ -114,8 +182,14 @@ def check_ir_header(path: Path) -> None:
 
 
 def load_openvino(folder: Path, name: str, entry: ComponentEntry, config: dict,
-                  cache_dir: Path | None = None, log: Log | None = None) -> Graph:
-    """Compile an IR for the CPU, through this build's own compile-cache folder when `cache_dir` is given."""
+                  cache_dir: Path | None = None, log: Log | None = None,
+                  shapes: dict[str, tuple] | None = None) -> Graph:
+    """Compile an IR for the CPU (reshaped to static `shapes` when given), through the compile cache when
+    `cache_dir` is given: a warm load imports the cached build without reading the IR.
+
+    The weights are read from files we map ourselves (engine/mapped_files.py), so once OpenVINO has
+    made its own packed copy the mapped pages are given back: the IR or blob is not counted twice.
+    """
     import openvino as ov
 
     core = ov.Core()
@@ -123,29 +197,56 @@ def load_openvino(folder: Path, name: str, entry: ComponentEntry, config: dict,
     graph_files = [folder / file for file in entry.files]
     check_ir_header(path)
 
-    def compile_model(model, shapes: dict | None):
-        if cache_dir is None:
-            return core.compile_model(model, "CPU", config)
-        return compile_through_cache(cache_dir, name, graph_files, config, shapes,
-                                     lambda properties: core.compile_model(model, "CPU", properties), log)
+    def build(static: dict | None) -> Runner:
+        mappings: list[MappedFile] = []
 
-    def runner(compiled) -> Runner:
+        def compile_ir(properties: dict):
+            weights = MappedFile.open(path.with_suffix(".bin"))
+            if weights is None:
+                model = core.read_model(str(path))
+            else:
+                mappings.append(weights)
+                model = core.read_model(path.read_text(encoding="utf-8"), ov.Tensor(weights.array, shared_memory=True))
+            if static:
+                model.reshape({key: ov.PartialShape(list(shape)) for key, shape in static.items()})
+            return core.compile_model(model, "CPU", properties)
+
+        def import_blob(blob: Path, properties: dict):
+            mapped = MappedFile.open(blob)
+            if mapped is None:
+                raise ValueError(f"{blob.name} is empty")
+            mappings.append(mapped)
+            return core.import_model(ov.Tensor(mapped.array, shared_memory=True), "CPU", properties)
+
+        if cache_dir is None:
+            compiled = compile_ir(config)
+        else:
+            compiled = compile_through_cache(cache_dir, name, graph_files, config, static, compile_ir, import_blob, log)
+        for mapping in mappings:
+            mapping.page_out()
+        return runner(compiled, mappings)
+
+    def runner(compiled, mappings: list[MappedFile]) -> Runner:
         request = compiled.create_infer_request()
         ports = {out: compiled.output(out) for out in entry.outputs}
+        first = [True]
 
         def run(feeds: dict) -> dict[str, np.ndarray]:
             result = request.infer(feeds)
+            if first[0]:  # weights OpenVINO repacks on the first call: the mapped originals are idle from now on
+                first[0] = False
+                for mapping in mappings:
+                    mapping.page_out()
             return {out: result[port].copy() for out, port in ports.items()}
 
+        run.compiled, run.mappings = compiled, mappings
         return run
 
-    def reshape(shapes: dict[str, tuple]) -> Runner:
-        model = core.read_model(str(path))
-        model.reshape({key: ov.PartialShape(list(shape)) for key, shape in shapes.items()})
-        return runner(compile_model(model, shapes))
-
-    compiled = compile_model(str(path), None)
-    return Graph(name, entry, runner(compiled), reshape, openvino_properties(compiled))
+    run = build(shapes)
+    graph = Graph(name, entry, run, build, openvino_properties(run.compiled))
+    if shapes:
+        graph.set_static(shapes)
+    return graph
 
 
 def openvino_properties(compiled) -> dict:
@@ -171,13 +272,6 @@ def load_onnxruntime(path: Path, name: str, entry: ComponentEntry) -> Graph:
     return Graph(name, entry, lambda feeds: dict(zip(names, session.run(names, feeds))), properties=properties)
 
 
-def _short_reason(exc: Exception) -> str:
-    """The informative line of a backend's multi-line error (not its source-location lines)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    useful = [line for line in lines if not line.startswith(("Exception from", "Check '"))]
-    return (useful or lines or [type(exc).__name__])[-1]
-
-
 def check_inference_precision(value: str | None, fmt: str) -> None:
     """Only OpenVINO takes an inference precision hint; ONNX Runtime computes in the exported precision."""
     if value in (None, "auto"):
@@ -190,11 +284,14 @@ def check_inference_precision(value: str | None, fmt: str) -> None:
 
 
 def load_graph(folder: Path, name: str, entry: ComponentEntry, fmt: str, precision: str,
-               cache_dir: Path | None = None, inference_precision: str | None = None, log: Log | None = None) -> Graph:
-    """Load component `name` of an exported folder with the backend its format calls for."""
+               cache_dir: Path | None = None, inference_precision: str | None = None, log: Log | None = None,
+               shapes: dict[str, tuple] | None = None) -> Graph:
+    """Load component `name` of an exported folder with the backend its format calls for.
+
+    OpenVINO compiles it for static input `shapes` when given (ONNX Runtime graphs stay as exported)."""
     loaders = {
         "openvino": lambda: load_openvino(
-            folder, name, entry, openvino_config(precision, inference_precision), cache_dir, log),
+            folder, name, entry, openvino_config(precision, inference_precision), cache_dir, log, shapes),
         "onnx": lambda: load_onnxruntime(folder / entry.file, name, entry),
     }
     if fmt not in loaders:
@@ -203,4 +300,4 @@ def load_graph(folder: Path, name: str, entry: ComponentEntry, fmt: str, precisi
     try:
         return loaders[fmt]()
     except Exception as exc:  # any backend failure to read a file means a corrupt model folder
-        raise UserError(f"cannot load {name} from {folder}: {_short_reason(exc)}") from None
+        raise UserError(f"cannot load {name} from {folder}: {short_reason(exc)}") from None

@@ -1,20 +1,23 @@
-"""OpenVINO's compile cache, one sealed folder per build, so no build is ever handed to the wrong request.
+"""The compile cache: one sealed folder per OpenVINO build, so no build is ever handed to the wrong request.
 
-OpenVINO keys a cached blob on the model file and a few properties; on a CPU with AMX it gave the f32
-build to a bf16 request (NaN images), and it does not notice new weights in `model.bin`. So each build
-gets a folder of its own, named by a hash of everything that shapes it: the OpenVINO version, the
-device, the CPU (model, flags, usable cores: threads and streams follow them), every compile property
-we set, the static input shapes, and the identity of each file of the graph (path, size, mtime, ctime,
-inode: any write through the file system changes one of them). After OpenVINO writes its blob there,
-the folder is sealed with a record of the blob's identity and a sampled CRC; a folder whose record is
-missing, unreadable or does not match its blobs (truncated, overwritten, half-written by a killed
-process) is emptied with a note and rebuilt, never imported.
+OpenVINO's own CACHE_DIR keys a blob on the model file and a few properties; on a CPU with AMX it gave
+the f32 build to a bf16 request (NaN images), it does not notice new weights in `model.bin`, and for a
+reshaped (static) model it must read and hash the whole IR before it can look (a warm SD1.5 UNet load
+then maps 3.4 GB of IR beside the blob). So sdcpu keeps its own: each build gets a folder named by a
+hash of everything that shapes it (the OpenVINO version, the device, the CPU: model, flags, usable
+cores; every compile property we set; the static input shapes; the identity of each graph file: path,
+size, mtime, ctime, inode, which any write through the file system changes), holding the compiled
+model as OpenVINO exports it (`model.blob`). A warm load imports that blob, memory-mapped, and never
+opens the IR. The folder is sealed with a record of the blob's identity and a sampled CRC; a folder
+whose record is missing, unreadable or does not match its blobs (truncated, overwritten, half-written
+by a killed process), or whose blob OpenVINO refuses, is emptied with a note and rebuilt.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import platform
@@ -27,8 +30,9 @@ from typing import Callable, Iterator
 
 from sdcpu.engine.atomic import atomic_write
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 RECORD_NAME = "build.json"
+BLOB_NAME = "model.blob"
 SAMPLE_BLOCKS = 16
 SAMPLE_BYTES = 64 * 1024
 Log = Callable[[str], None]
@@ -189,8 +193,10 @@ def locked(root: Path, key: str) -> Iterator[None]:
 
 
 def compile_through_cache(root: Path, graph_name: str, graph_files: list[Path], properties: dict,
-                          shapes: dict | None, compile: Callable[[dict], object], log: Log | None = None):
-    """`compile(properties)` with CACHE_DIR set to this build's own checked folder; the folder sealed after.
+                          shapes: dict | None, compile: Callable[[dict], object],
+                          import_blob: Callable[[Path, dict], object], log: Log | None = None):
+    """The sealed build of this graph imported by `import_blob(path, properties)`, else `compile(properties)`
+    exported into the build's folder and sealed.
 
     A cache root that cannot be written costs the cache, not the run: a note, and a compile without it.
     """
@@ -203,13 +209,36 @@ def compile_through_cache(root: Path, graph_name: str, graph_files: list[Path], 
         except OSError as exc:
             _note(log, f"the compile cache at {root} cannot be used ({exc.strerror or exc}); compiling without it")
             return compile(properties)
-        compiled = compile({**properties, "CACHE_DIR": str(build.path)})
+        blob = build.path / BLOB_NAME
+        if blob.is_file():
+            try:
+                return import_blob(blob, properties)
+            except Exception as exc:  # a sealed blob this OpenVINO refuses: rebuild it, never fail the run
+                _note(log, f"the cached build of {graph_name} is not usable ({short_reason(exc)}); compiling it again")
+                shutil.rmtree(build.path, ignore_errors=True)
+                build.path.mkdir(parents=True, exist_ok=True)
+        compiled = compile(properties)
         try:
+            atomic_write(blob, lambda file: export_into(compiled, file))
             build.seal()
             remove_stale_builds(root, build.parts)
         except OSError as exc:
             _note(log, f"the compile cache of {graph_name} was not saved ({exc.strerror or exc})")
     return compiled
+
+
+def export_into(compiled, file) -> None:
+    """Write OpenVINO's export of a compiled model to an open file (its Python API exports into BytesIO only)."""
+    buffer = io.BytesIO()
+    compiled.export_model(buffer)
+    file.write(buffer.getbuffer())
+
+
+def short_reason(exc: Exception) -> str:
+    """The informative line of a backend's multi-line error (not its source-location lines)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Exception from", "Check '"))]
+    return (useful or lines or [type(exc).__name__])[-1]
 
 
 def _note(log: Log | None, line: str) -> None:

@@ -19,6 +19,11 @@ def check_interval(interval: int | None) -> None:
         raise UserError(f"--deepcache must be at least 1 (got {interval}); leave it out to run the full UNet every step")
 
 
+def has_deepcache_graphs(manifest) -> bool:
+    """Whether an export carries the DeepCache graphs (`sdcpu export --deepcache`)."""
+    return DEEP in manifest.components and SHALLOW in manifest.components
+
+
 def require_graphs(components, folder) -> None:
     """A one-line error when the export has no DeepCache graphs."""
     if DEEP not in components or SHALLOW not in components:
@@ -48,19 +53,40 @@ class DeepCacheUNet:
         self._calls, self._feature = 0, None
 
     def __call__(self, **feeds: np.ndarray) -> np.ndarray:
-        fresh = self._calls % self.interval == 0 or self._feature is None
-        if not fresh and self._feature.shape[0] != feeds["sample"].shape[0]:
-            fresh = True
+        rows = feeds["sample"].shape[0]
+        feature = self._cached_feature(rows)
+        fresh = self._calls % self.interval == 0 or feature is None
         self._calls += 1
         if fresh:
             outputs = self.deep.run(**feeds)
             self._feature = outputs[FEATURE]
             return outputs["out_sample"]
         declared = self.shallow.entry.inputs  # SDXL's outer blocks do not cross-attend: no text input there
-        return self.shallow(**{k: v for k, v in feeds.items() if k in declared}, **{FEATURE: self._feature})
+        return self.shallow(**{k: v for k, v in feeds.items() if k in declared}, **{FEATURE: feature})
+
+    def _cached_feature(self, rows: int) -> np.ndarray | None:
+        """The cached feature for a call of `rows` rows; a CFG call's conditional half when guidance has stopped."""
+        if self._feature is None:
+            return None
+        if len(self._feature) == rows:
+            return self._feature
+        if len(self._feature) == 2 * rows:
+            return self._feature[rows:]
+        return None
 
     def static_mismatches(self, shapes: dict[str, tuple]) -> dict[str, tuple]:
         return self.deep.static_mismatches(shapes)
 
+    @property
+    def static_batch(self) -> int | None:
+        return self.deep.static_batch
+
     def reshape(self, shapes: dict[str, tuple]) -> None:
-        raise UserError("DeepCache graphs cannot be recompiled for static shapes")
+        """Recompile both graphs for new static shapes: the shallow one takes the deep one's feature shape."""
+        self.deep.reshape(shapes)
+        feature = self.deep.output_shape(FEATURE)
+        if feature is None:
+            raise UserError("DeepCache graphs need fully static shapes to be recompiled")
+        declared = self.shallow.entry.inputs
+        self.shallow.reshape({**{k: v for k, v in shapes.items() if k in declared}, FEATURE: feature})
+        self.entry = self.deep.entry

@@ -17,18 +17,21 @@ import numpy as np
 
 from sdcpu.engine.backends import Graph, default_cache_dir, load_graph
 from sdcpu.engine.conditioning import guidance_scale_embedding, sd_conditioning, sdxl_conditioning
-from sdcpu.engine.deepcache import DEEP, SHALLOW, DeepCacheUNet, check_interval, require_graphs
+from sdcpu.engine.deepcache import DEEP, FEATURE, SHALLOW, DeepCacheUNet, check_interval, require_graphs
 from sdcpu.engine.denoisers import denoiser_from_eps, denoiser_from_v
 from sdcpu.engine.errors import UserError
+from sdcpu.engine.graph_shapes import complete, static_shapes
 from sdcpu.engine.manifest import TINY_VAE_DECODER, Manifest, load_manifest
 from sdcpu.engine.noise import SEED_LIMIT, TorchCompatibleNoise
 from sdcpu.engine.samplers import SAMPLERS, default_sampler_for, run_sampler
 from sdcpu.engine.schedules import make_schedule
 from sdcpu.engine.size_limits import check_size_limits
 from sdcpu.engine.tokenizer import ClipTokenizer
+from sdcpu.models.registry import model_guidance
 
 StepCallback = Callable[[int, int], None]
 MAX_GUIDANCE = 100.0
+FULL_INTERVAL = (0.0, 1.0)
 DenoisedCallback = Callable[[int, int, np.ndarray], None]
 
 
@@ -45,6 +48,13 @@ class Request:
     height: int
     sampler: str
     batch: int = 1
+    guidance_interval: tuple[float, float] = FULL_INTERVAL
+
+    def guides_at(self, noise_level: float) -> bool:
+        """Whether CFG runs at this timestep / training timesteps: inside the guidance interval (Kynkaanniemi
+        et al. 2024 limit guidance to an interval of noise levels; a low end cuts it late, as Castillo et al. 2023)."""
+        low, high = self.guidance_interval
+        return low <= noise_level <= high
 
 
 @dataclass
@@ -84,10 +94,15 @@ class Pipeline:
     @classmethod
     def load(cls, folder: Path, compile_cache: bool = True, inference_precision: str | None = None,
              deepcache: int | None = None, tiny_vae: bool = False,
-             log: Callable[[str], None] | None = None) -> "Pipeline":
+             log: Callable[[str], None] | None = None, size: tuple[int, int] | None = None,
+             cfg: bool | None = None) -> "Pipeline":
         """Check the folder against its manifest, then compile its graphs (OpenVINO: through the compile cache).
 
         `log` receives one-line notes (a compile-cache folder found corrupt and rebuilt, say).
+
+        `size=(width, height)`: OpenVINO compiles every graph for static shapes at that size, the UNet for
+        both CFG halves when `cfg` (default: the model's default guidance uses CFG; engine/graph_shapes.py);
+        a request that needs other shapes recompiles (cached). Without `size` shapes stay dynamic.
 
         `deepcache=N` runs the full UNet every N-th call and its shallow branch in between (engine/deepcache.py).
         `tiny_vae` decodes with the export's `vae_decoder_tiny` (TAESD) and does not compile `vae_decoder`.
@@ -108,10 +123,20 @@ class Pipeline:
         tokenizers = [ClipTokenizer.from_folder(folder / name) for name in names]
         graphs = {}
         skipped = _skipped_graphs(deepcache is not None, tiny_vae)
-        for name, entry in manifest.components.items():
-            if name not in skipped:
-                graphs[name] = load_graph(
-                    folder, name, entry, manifest.format, manifest.precision, cache_dir, inference_precision, log)
+        static = size is not None and manifest.format == "openvino" and not manifest.static_shape
+        if cfg is None:
+            cfg = model_guidance(manifest) > 1 and manifest.time_cond_proj_dim is None
+        shapes = static_shapes(manifest, *size, cfg) if static else {}
+        for name in sorted(manifest.components, key=lambda n: n == SHALLOW):  # the shallow graph needs the deep one
+            if name in skipped:
+                continue
+            entry = manifest.components[name]
+            wanted = dict(shapes.get(name, {}))
+            if name == SHALLOW and wanted:
+                wanted[FEATURE] = graphs[DEEP].output_shape(FEATURE)
+            wanted = wanted if wanted and complete(wanted, entry.inputs) and None not in wanted.values() else None
+            graphs[name] = load_graph(folder, name, entry, manifest.format, manifest.precision, cache_dir,
+                                      inference_precision, log, wanted)
         if deepcache is not None:
             graphs["unet"] = DeepCacheUNet(graphs.pop(DEEP), graphs.pop(SHALLOW), deepcache)
         if tiny_vae:
@@ -155,11 +180,16 @@ class Pipeline:
         return shapes
 
     def fit_static_shapes(self, request: Request, log: Callable[[str], None] | None = None) -> None:
-        """Static exports: OpenVINO recompiles for another size/batch (a note says so); ONNX cannot."""
+        """Static graphs: OpenVINO recompiles for another size/batch (a note says so for static exports); ONNX cannot.
+
+        A CFG request with a limited guidance interval calls the UNet with both halves and with one: its UNet
+        gets a dynamic batch (static size)."""
         cfg = self.uses_cfg(request.guidance)
         for name, shapes in self.shapes_for(request, cfg).items():
             graph = self.graphs()[name]
-            if not graph.static_mismatches(shapes):
+            if name == "unet" and cfg and request.guidance_interval != FULL_INTERVAL and graph.static_batch:
+                shapes = {k: (-1, *v[1:]) for k, v in shapes.items()}
+            elif not graph.static_mismatches(shapes):
                 continue
             static = self.manifest.static_shape or {}
             if self.manifest.format != "openvino":
@@ -167,8 +197,11 @@ class Pipeline:
                     f"this ONNX model was exported with static shapes ({static.get('width')}x{static.get('height')}, "
                     f"batch {static.get('batch')}); generate at that size or re-export without --width/--height/--batch"
                 )
-            if log:
+            if log and static:
                 log(f"note: {name} was exported static; recompiling for {request.width}x{request.height} batch {request.batch}")
+            step = graph.static_batch
+            if step and all(v[0] % step == 0 for v in shapes.values()):
+                shapes = {k: (step, *v[1:]) for k, v in shapes.items()}
             graph.reshape({k: tuple(v) for k, v in shapes.items()})
 
     @property
@@ -206,6 +239,9 @@ class Pipeline:
             raise UserError(f"scheduler {request.sampler}: {exc}") from None
         if not math.isfinite(request.guidance) or not 0 <= request.guidance <= MAX_GUIDANCE:
             raise UserError(f"--guidance must be a number from 0 to {MAX_GUIDANCE:g} (got {request.guidance})")
+        low, high = request.guidance_interval
+        if not (math.isfinite(low) and math.isfinite(high) and 0 <= low < high <= 1):
+            raise UserError(f"--guidance-interval must be LOW,HIGH with 0 <= LOW < HIGH <= 1 (got {low:g},{high:g})")
         check_size_limits(request.width, request.height, request.batch, self.manifest.latent_channels)
 
     def overlong_prompts(self, request: Request) -> dict[str, tuple[int, int]]:
@@ -234,15 +270,21 @@ class Pipeline:
         return {"timestep_cond": guidance_scale_embedding(w, self.manifest.time_cond_proj_dim)}
 
     def _unet_prediction(self, request: Request, conditioning: dict, cfg: bool):
-        """The UNet as f(x_vp, t) -> its prediction (eps or v), guided by CFG or LCM's embedding."""
+        """The UNet as f(x_vp, t) -> its prediction (eps or v), guided by CFG or LCM's embedding.
+
+        Outside the request's guidance interval a CFG step runs the conditional half alone (one batch-1 call).
+        """
+        conditional = {k: v[request.batch:] if cfg and len(v) == 2 * request.batch else v
+                       for k, v in conditioning.items()}
+        train_timesteps = float(self.scheduler_config.get("num_train_timesteps", 1000))
 
         def predict(x: np.ndarray, t: float) -> np.ndarray:
-            sample = np.concatenate([x, x]) if cfg else x
+            if not (cfg and request.guides_at(t / train_timesteps)):
+                return self.unet(sample=x, timestep=np.full(len(x), t, np.float32), **conditional)
+            sample = np.concatenate([x, x])
             out = self.unet(sample=sample, timestep=np.full(len(sample), t, np.float32), **conditioning)
-            if cfg:
-                uncond, cond = np.split(out, 2)
-                out = uncond + np.float32(request.guidance) * (cond - uncond)
-            return out
+            uncond, cond = np.split(out, 2)
+            return uncond + np.float32(request.guidance) * (cond - uncond)
 
         return predict
 

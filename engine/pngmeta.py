@@ -68,6 +68,7 @@ class GenerationParams:
     inference_precision: str = ""
     deepcache: int | None = None
     tiny_vae: bool = False
+    guidance_interval: tuple[float, float] | None = None
 
     def __post_init__(self):
         if self.sampler not in A1111_SAMPLERS:
@@ -106,9 +107,27 @@ def parameter_items(p: GenerationParams) -> list[tuple[str, str]]:
              ("Model", p.model), ("sdcpu sampler", p.sampler), ("Backend", p.backend),
              ("Precision", p.precision), ("Inference precision", p.inference_precision),
              ("DeepCache", p.deepcache or ""), ("VAE", TINY_VAE_LABEL if p.tiny_vae else ""),
+             ("Guidance interval", format_interval(p.guidance_interval) if p.guidance_interval else ""),
              ("Family", p.model_family),
              ("Version", VERSION_PREFIX + p.sdcpu_version if p.sdcpu_version else "")]
     return [(key, str(value)) for key, value in items if str(value) != ""]
+
+
+def format_interval(interval: tuple[float, float]) -> str:
+    """A guidance interval as infotext and the CLI write it: LOW-HIGH (0.4-1)."""
+    return "-".join(format_number(bound) for bound in interval)
+
+
+def parse_interval(text: str) -> tuple[float, float]:
+    """LOW-HIGH or LOW,HIGH (fractions of the noise range, 0 <= LOW < HIGH <= 1); a one-line ValueError otherwise."""
+    parts = re.split(r"\s*[,-]\s*", text.strip())
+    try:
+        low, high = (float(part) for part in parts)
+    except ValueError:
+        raise ValueError(f"guidance interval {shown(text)} is not LOW-HIGH (e.g. 0.4-1)") from None
+    if not (0 <= low < high <= 1):
+        raise ValueError(f"guidance interval {shown(text)} needs 0 <= LOW < HIGH <= 1")
+    return low, high
 
 
 def format_parameters(p: GenerationParams) -> str:
@@ -224,6 +243,8 @@ FIELD_READERS = {
     "inference_precision": lambda fields: fields.get("Inference precision", ""),
     "deepcache": lambda fields: whole_number(fields, "DeepCache") if fields.get("DeepCache") else None,
     "tiny_vae": lambda fields: fields.get("VAE") == TINY_VAE_LABEL,
+    "guidance_interval": lambda fields: parse_interval(fields["Guidance interval"])
+    if fields.get("Guidance interval") else None,
 }
 
 

@@ -26,6 +26,7 @@ class Options:
     inference_precision: str | None = None
     deepcache: int | None = None
     tiny_vae: bool | None = None
+    guidance_interval: tuple[float, float] | None = None
 
 
 PARAMS_NAME = {"scheduler": "sampler"}  # an Options name -> its GenerationParams name, where they differ

@@ -7,17 +7,21 @@ each image for its PNG with `params_for`, so a seed and its options give the sam
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import sdcpu
 from sdcpu.engine.errors import UserError
+from sdcpu.engine.deepcache import has_deepcache_graphs
+from sdcpu.engine.manifest import load_manifest
 from sdcpu.engine.noise import resolve_seed
-from sdcpu.engine.pipeline import Pipeline, Request
-from sdcpu.engine.pngmeta import GenerationParams
-from sdcpu.models.registry import DEFAULT_MODEL, model_guidance, model_size, model_steps
+from sdcpu.engine.pipeline import FULL_INTERVAL, Pipeline, Request
+from sdcpu.engine.pngmeta import GenerationParams, parse_interval
+from sdcpu.models.registry import DEFAULT_MODEL, fast_preset, model_guidance, model_size, model_steps
 
 
 def build_request(pipe: Pipeline, prompt: str, negative_prompt: str, steps, guidance, seed: int,
-                  width, height, scheduler, batch: int) -> Request:
+                  width, height, scheduler, batch: int,
+                  guidance_interval: tuple[float, float] | None = None) -> Request:
     """Options left out take the family's defaults and the model's native size and scheduler."""
     m = pipe.manifest
     default_w, default_h = model_size(m)
@@ -35,6 +39,7 @@ def build_request(pipe: Pipeline, prompt: str, negative_prompt: str, steps, guid
         height=default_h if height is None else height,
         sampler=scheduler or pipe.default_sampler(),
         batch=batch,
+        guidance_interval=guidance_interval or FULL_INTERVAL,
     )
 
 
@@ -47,7 +52,51 @@ def params_for(pipe: Pipeline, request: Request, seed: int) -> GenerationParams:
         height=request.height, model=pipe.folder.resolve().name, model_family=m.family, backend=m.format,
         precision=m.precision, sdcpu_version=sdcpu.__version__, inference_precision=pipe.inference_precision,
         deepcache=pipe.deepcache, tiny_vae=pipe.tiny_vae,
+        guidance_interval=recorded_interval(pipe, request),
     )
+
+
+def recorded_interval(pipe: Pipeline, request: Request) -> tuple[float, float] | None:
+    """The guidance interval worth recording: only a limited one, and only where CFG runs."""
+    limited = request.guidance_interval != FULL_INTERVAL
+    return request.guidance_interval if limited and pipe.uses_cfg(request.guidance) else None
+
+
+def load_size(folder: Path, width: int | None, height: int | None, static_shapes: bool = True):
+    """The (width, height) to compile static graphs for at load: the one asked for, else the model's native
+    size; None with static_shapes off (dynamic graphs)."""
+    if not static_shapes:
+        return None
+    default_w, default_h = model_size(load_manifest(folder))
+    return (default_w if width is None else width, default_h if height is None else height)
+
+
+def fast_options(folder: Path, deepcache: int | None, guidance_interval: tuple[float, float] | None,
+                 log: Callable[[str], None] | None = None) -> tuple[int | None, tuple[float, float] | None]:
+    """--fast: the family's preset (models/registry.py FAST_PRESETS) for the speed options left out.
+
+    DeepCache needs the export's DeepCache graphs; without them the rest of the preset applies, with a note."""
+    manifest = load_manifest(folder)
+    preset = fast_preset(manifest.family)
+    if deepcache is None and preset.deepcache is not None:
+        if has_deepcache_graphs(manifest):
+            deepcache = preset.deepcache
+        elif log:
+            log(f"note: {folder.name} has no DeepCache graphs, so --fast runs without DeepCache "
+                "(re-export with `sdcpu export --fast` for the whole preset)")
+    if guidance_interval is None and preset.guidance_interval != FULL_INTERVAL:
+        guidance_interval = preset.guidance_interval
+    return deepcache, guidance_interval
+
+
+def parse_guidance_interval(text: str | None) -> tuple[float, float] | None:
+    """--guidance-interval LOW-HIGH as a tuple (None when left out); a one-line UserError when malformed."""
+    if text is None:
+        return None
+    try:
+        return parse_interval(text)
+    except ValueError as exc:
+        raise UserError(f"--guidance-interval: {exc}") from None
 
 
 def default_model() -> Path:

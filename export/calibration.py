@@ -18,7 +18,9 @@ from typing import Callable
 
 import numpy as np
 
-from sdcpu.engine.deepcache import DEEP, FEATURE, SHALLOW
+from sdcpu.engine.backends import exact_precision
+from sdcpu.engine.deepcache import FEATURE, has_deepcache_graphs
+from sdcpu.engine.manifest import load_manifest
 from sdcpu.engine.errors import UserError
 
 PROMPTS_FILE = Path(__file__).with_name("calibration_prompts.txt")
@@ -59,8 +61,10 @@ def collect_inputs(model_dir: Path, prompts: list[str], samples: int, size: tupl
 
     if samples < 1:
         raise UserError(f"--calibration-samples must be at least 1 (got {samples})")
-    deepcache = has_deepcache_graphs(model_dir)
-    pipe = Pipeline.load(model_dir, compile_cache=False, deepcache=1 if deepcache else None)
+    manifest = load_manifest(model_dir)
+    deepcache = has_deepcache_graphs(manifest)
+    pipe = Pipeline.load(model_dir, compile_cache=False, deepcache=1 if deepcache else None,
+                         inference_precision=exact_precision(manifest.format))
     steps = min(model_steps(pipe.manifest), MAX_STEPS_PER_PROMPT)
     if deepcache:
         steps = max(steps, 2)  # one-step models (SDXL-Turbo) would give the shallow graph no reused feature
@@ -81,13 +85,6 @@ def collect_inputs(model_dir: Path, prompts: list[str], samples: int, size: tupl
         recorded["unet_shallow"] = shallow_feeds(recorded["unet"], features, first_calls, shallow_inputs)[:samples]
     recorded["unet"] = recorded["unet"][:samples]
     return recorded
-
-
-def has_deepcache_graphs(model_dir: Path) -> bool:
-    """Whether the export at `model_dir` has DeepCache's full and shallow UNet graphs."""
-    from sdcpu.engine.manifest import load_manifest
-
-    return {DEEP, SHALLOW} <= set(load_manifest(model_dir).components)
 
 
 def shallow_feeds(feeds: list[dict], features: list[np.ndarray], first_calls: set[int],

@@ -12,7 +12,7 @@ from typing import Callable
 import onnx
 
 import sdcpu
-from sdcpu.engine.backends import load_graph
+from sdcpu.engine.backends import exact_precision, load_graph
 from sdcpu.engine.errors import UserError
 from sdcpu.engine.manifest import ComponentEntry, Manifest, staging_folder, write_manifest
 from sdcpu.export.components import (
@@ -66,7 +66,7 @@ def _export_component(spec: ComponentSpec, folder: Path, fmt: str, log: Log) -> 
         files = consolidate_onnx(trace, folder / spec.name / "model.onnx")
     relative = [str(f.relative_to(folder)) for f in files]
     entry = ComponentEntry(file=relative[0], files=relative, inputs=inputs, outputs=outputs)
-    runtime_graph = load_graph(folder, spec.name, entry, fmt, "fp32")
+    runtime_graph = load_graph(folder, spec.name, entry, fmt, "fp32", inference_precision=exact_precision(fmt))
     entry.parity = compare_component(spec, references, runtime_graph)
     require_fp32_parity(spec.name, entry.parity)
     _log_parity(log, spec.name, "fp32", time.perf_counter() - started, entry.parity)

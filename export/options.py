@@ -12,6 +12,10 @@ from sdcpu.export.precision import PRECISIONS, QUANT_MODES
 
 SINGLE_FILE_FAMILIES = ("sd15", "lcm", "sdxl", "sdxl-turbo")
 DEFAULT_CALIBRATION_SAMPLES = 32
+# OpenVINO: fp16 weights, computed in bf16 on CPUs that have it (the default inference precision) at the
+# speed and image of fp32 weights, with half the folder and 1.6 GB less peak memory for an SD1.5 UNet
+# (README "Precision"). ONNX Runtime computes fp16 graphs in fp16 on the CPU (slower), so it stays fp32.
+DEFAULT_PRECISION = {"openvino": "fp16", "onnx": "fp32"}
 
 
 @dataclass
@@ -19,7 +23,7 @@ class ExportOptions:
     """Format, precision and quantization, static shapes, source details, calibration and checks."""
 
     fmt: str = "openvino"
-    precision: str = "fp32"
+    precision: str | None = None  # None: DEFAULT_PRECISION of the format
     quant: str = "weights"
     width: int | None = None
     height: int | None = None
@@ -45,6 +49,8 @@ class ExportOptions:
         """One clear error per bad combination."""
         if self.fmt not in FORMATS:
             raise UserError(f"unknown format {self.fmt!r}; choose one of {', '.join(FORMATS)}")
+        if self.precision is None:
+            self.precision = DEFAULT_PRECISION[self.fmt]
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.quant not in QUANT_MODES:

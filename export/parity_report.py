@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sdcpu.engine.backends import exact_precision
 from sdcpu.engine.measure.markdown import markdown_table
 from sdcpu.engine.pipeline import Pipeline, Request
 from sdcpu.engine.samplers import SAMPLERS
@@ -54,7 +55,7 @@ def cases(family: str, steps: int):
 def family_rows(family: str, source: Path, exports: dict[str, Path], steps: int) -> list[tuple]:
     """Worst difference per (sampler, backend) over that family's cases."""
     reference = load_reference(str(source))
-    pipes = {fmt: Pipeline.load(path) for fmt, path in exports.items()}
+    pipes = {fmt: Pipeline.load(path, inference_precision=exact_precision(fmt)) for fmt, path in exports.items()}
     worst: dict[tuple[str, str], list[float]] = {}
     for sampler, request in cases(family, steps):
         ref = reference_images(reference, **request)

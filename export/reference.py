@@ -30,13 +30,16 @@ def load_reference(source: str):
 
 
 def reference_images(pipe, sampler: str, prompt: str, negative_prompt: str, steps: int, guidance: float,
-                     seed: int, width: int, height: int, batch: int = 1) -> np.ndarray:
-    """diffusers' uint8 images (B, H, W, 3) with one CPU torch generator per image, seeded seed+i."""
+                     seed: int, width: int, height: int, batch: int = 1, **pipeline_kwargs) -> np.ndarray:
+    """diffusers' uint8 images (B, H, W, 3) with one CPU torch generator per image, seeded seed+i.
+
+    `pipeline_kwargs` go to the pipeline call as they are (e.g. callback_on_step_end)."""
     import torch
 
     original = pipe.scheduler
     pipe.scheduler = diffusers_scheduler(sampler, original.config)
     kwargs = {"negative_prompt": [negative_prompt] * batch} if negative_prompt else {}
+    kwargs.update(pipeline_kwargs)
     generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(batch)]
     try:
         out = pipe(

@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("SDCPU_CACHE_DIR", tempfile.mkdtemp(prefix="sdcpu-test-cache-"))
+# Parity is measured exactly: every test computes in f32 unless it asks for another precision
+# (tests/test_default_precision.py checks what `auto` picks with this unset).
+os.environ["SDCPU_INFERENCE_PRECISION"] = "f32"
 
 FORMATS = ("openvino", "onnx")
 
@@ -32,6 +35,6 @@ def tiny_exports(tiny_sources, tmp_path_factory) -> dict[tuple[str, str], Path]:
     for family, source in tiny_sources.items():
         for fmt in FORMATS:
             out = root / f"{family}-{fmt}"
-            export_model(str(source), out, fmt=fmt, log=lambda line: None)
+            export_model(str(source), out, fmt=fmt, precision="fp32", log=lambda line: None)
             exports[family, fmt] = out
     return exports

@@ -14,14 +14,13 @@ from sdcpu.engine.backends import Graph
 from sdcpu.engine.compile_cache import RECORD_NAME, BuildFolder, build_key, build_parts
 from sdcpu.engine.errors import UserError
 from sdcpu.engine.manifest import ComponentEntry
+from sdcpu.engine.backends import cpu_has_bf16
 from sdcpu.engine.pipeline import Pipeline, Request
 from sdcpu.models.registry import DEFAULT_MODEL
 
 PROMPT = "a red circle on a blue background"
 
 
-def cpu_has_bf16() -> bool:
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def key(files, properties=None, shapes=None) -> str:
@@ -196,3 +195,29 @@ def test_a_graph_that_outputs_nan_is_one_error_naming_it():
     with pytest.raises(UserError, match="unet was given NaN/Inf in x"):
         graph(x=np.full(1, np.inf, np.float32))
 
+
+
+def test_a_warm_load_imports_the_blob_without_reading_the_ir(model_copy, tmp_path, monkeypatch):
+    from sdcpu.engine import backends
+
+    opened = []
+    original = backends.MappedFile.open
+    monkeypatch.setattr(backends.MappedFile, "open", lambda path: opened.append(Path(path).name) or original(path))
+    cold = generate_with(model_copy, tmp_path / "cache", "f32")
+    assert "model.bin" in opened and "model.blob" not in opened
+    opened.clear()
+    warm = generate_with(model_copy, tmp_path / "cache", "f32")
+    assert opened and set(opened) == {"model.blob"}
+    assert np.array_equal(cold, warm)
+
+
+def test_static_builds_are_cached_per_size(model_copy, tmp_path, monkeypatch):
+    monkeypatch.setenv("SDCPU_CACHE_DIR", str(tmp_path / "cache"))
+    request = Request(prompt=PROMPT, negative_prompt="", steps=4, guidance=2.0, seed=3, width=64, height=64,
+                      sampler="euler")
+    images = [Pipeline.load(model_copy, inference_precision="f32", size=(64, 64)).generate(request).images[0]
+              for _ in range(2)]
+    builds = {p.parent.name for p in (tmp_path / "cache").glob("*/model.blob")}
+    assert np.array_equal(images[0], images[1])
+    Pipeline.load(model_copy, inference_precision="f32", size=(64, 96))
+    assert len({p.parent.name for p in (tmp_path / "cache").glob("*/model.blob")} - builds) >= 2

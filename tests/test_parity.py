@@ -14,6 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
+from sdcpu.engine.backends import exact_precision  # noqa: E402
+from sdcpu.engine.manifest import load_manifest  # noqa: E402
 from sdcpu.engine.pipeline import Pipeline, Request  # noqa: E402
 from sdcpu.engine.samplers import SAMPLERS  # noqa: E402
 from sdcpu.export.reference import image_difference, load_reference, reference_images  # noqa: E402
@@ -36,7 +38,7 @@ def _reference_pipe(source: str):
 
 @functools.lru_cache(maxsize=None)
 def loaded(folder) -> Pipeline:
-    return Pipeline.load(folder)
+    return Pipeline.load(folder, inference_precision=exact_precision(load_manifest(folder).format))
 
 
 def ours(folder, **request) -> np.ndarray:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import openvino as ov
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from sdcpu.engine.backends import cpu_has_bf16
 from sdcpu.engine.cli.app import app
 from sdcpu.engine.png_text import read_parameters
 from sdcpu.engine.pngmeta import params_from_text
@@ -18,10 +18,6 @@ from sdcpu.export.quality import image_psnr_db
 runner = CliRunner()
 PROMPT = "two small yellow triangles on a white background"
 BF16_MIN_PSNR_DB = 35.0
-
-
-def cpu_has_bf16() -> bool:
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def pixels(path: Path) -> np.ndarray:
@@ -49,7 +45,8 @@ def test_bf16_stays_within_tolerance_and_reruns_exactly(tmp_path):
     assert again.read_bytes() == fast.read_bytes()
 
 
-def test_auto_keeps_fp32_exports_exact(tmp_path):
+def test_a_default_pinned_to_f32_is_exact(tmp_path, monkeypatch):
+    monkeypatch.setenv("SDCPU_INFERENCE_PRECISION", "f32")
     auto, exact = tmp_path / "auto.png", tmp_path / "f32.png"
     generate("-o", auto)
     generate("--inference-precision", "f32", "-o", exact)

@@ -31,6 +31,21 @@ DEEPCACHE_HELP = (
     "features, in between (N=3: 2.25x faster SD1.5 steps on the int8 hybrid export; images change, see "
     "bench/RESULTS.md). Needs an export made with --deepcache. Default: off."
 )
+GUIDANCE_INTERVAL_HELP = (
+    "LOW-HIGH: run classifier-free guidance only while the noise level (timestep / training timesteps, 1 = pure "
+    "noise) is in this interval, and the conditional UNet half alone outside it (half the UNet work on those "
+    "steps; Kynkaanniemi et al. 2024). 0.4-1 drops guidance for the last part of SD1.5's schedule. Default 0-1 (always)."
+)
+FAST_HELP = (
+    "The fast preset of the model's family for every speed option left out (SD1.5: --deepcache 3; LCM: "
+    "--deepcache 2), kept by measurement (bench/RESULTS.md: speed and shapes-model match). DeepCache needs an "
+    "export made with --deepcache (or `sdcpu export --fast`)."
+)
+STATIC_SHAPES_HELP = (
+    "OpenVINO: compile every graph for the image size about to be made (one row; CFG halves and batches run "
+    "row by row), 1.14x faster UNet calls than dynamic shapes (bench/RESULTS.md); a new size recompiles once, "
+    "cached. --dynamic-shapes compiles one build for every size."
+)
 TINY_VAE_HELP = (
     "Decode with the export's tiny VAE (TAESD-style AutoencoderTiny): SD1.5's 512x512 decode takes 0.5 s "
     "instead of about 6 s; the image differs (how much depends on the tiny VAE). Needs an export made with --tiny-vae."
@@ -68,7 +83,7 @@ def export(
     source: Optional[str] = typer.Argument(None, help="Diffusers folder, hub id (org/model, needs network), or a single-file .safetensors checkpoint (A1111/Civitai). Leave out with --random-weights."),
     out_dir: Optional[Path] = typer.Argument(None, help="Folder to write the exported model to (created atomically)."),
     format: str = typer.Option("openvino", "--format", help="openvino (IR .xml/.bin) or onnx."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32; fp16 (half-size weights); int8 (OpenVINO: NNCF weight compression; ONNX: dynamic MatMul + calibrated static QDQ convs)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp16 (half-size weights; the OpenVINO default: computed in bf16 on CPUs that have it, as fast as fp32 and with less memory); fp32 (the ONNX default; with --inference-precision f32 it reproduces diffusers exactly); int8 (OpenVINO: NNCF weight compression; ONNX: dynamic MatMul + calibrated static QDQ convs)."),
     quant: str = typer.Option("weights", "--quant", help="int8 on OpenVINO: weights (weight-only) or hybrid (UNet activations int8 too, calibrated)."),
     width: Optional[int] = typer.Option(None, "--width", help="Static export: fix the image width (OpenVINO compiles a static graph)."),
     height: Optional[int] = typer.Option(None, "--height", help="Static export: fix the image height."),
@@ -85,6 +100,7 @@ def export(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT_DIR if it already holds something."),
     deepcache: bool = typer.Option(False, "--deepcache", help="Also export DeepCache graphs (a full UNet that returns its deep features, and the shallow branch that reuses them), for `generate --deepcache N`."),
     tiny_vae: Optional[str] = typer.Option(None, "--tiny-vae", help="Also export a tiny VAE decoder (TAESD, diffusers AutoencoderTiny), for `generate --tiny-vae`: a local AutoencoderTiny folder, a hub id (e.g. madebyollin/taesd, needs network), or 'random' (TAESD's architecture with random weights, for benchmarks)."),
+    fast: bool = typer.Option(False, "--fast", help="What `generate --fast` needs: the DeepCache graphs (as --deepcache)."),
 ):
     """Export an SD1.5, LCM, SDXL or SDXL-Turbo model to a self-describing sdcpu model folder.
 
@@ -103,7 +119,7 @@ def export(
         fmt=format, precision=precision, quant=quant, width=width, height=height, batch=batch,
         random_weights=random_weights, family=family, config=config, lora=lora, lora_scale=lora_scale,
         lcm_lora=lcm_lora, calibration_prompts=calibration_prompts, calibration_samples=calibration_samples,
-        quality_check=quality_check, overwrite=overwrite, deepcache=deepcache, tiny_vae=tiny_vae,
+        quality_check=quality_check, overwrite=overwrite, deepcache=deepcache or fast, tiny_vae=tiny_vae,
     )
     export_model(source, out_dir, options, log=typer.echo)
 
@@ -130,6 +146,9 @@ def generate(
     inference_precision: Optional[str] = typer.Option(None, "--inference-precision", help="Default auto, or what --from recorded. " + INFERENCE_PRECISION_HELP),
     deepcache: Optional[int] = typer.Option(None, "--deepcache", help=DEEPCACHE_HELP),
     tiny_vae: Optional[bool] = typer.Option(None, "--tiny-vae/--no-tiny-vae", help=TINY_VAE_HELP + " Default: off, or what --from recorded."),
+    guidance_interval: Optional[str] = typer.Option(None, "--guidance-interval", help=GUIDANCE_INTERVAL_HELP),
+    static_shapes: bool = typer.Option(True, "--static-shapes/--dynamic-shapes", help=STATIC_SHAPES_HELP),
+    fast: bool = typer.Option(False, "--fast", help=FAST_HELP),
 ):
     """Generate images from PROMPT with an exported model.
 
@@ -143,7 +162,7 @@ def generate(
         seed=seed, width=width, height=height, scheduler=scheduler, batch=batch, output=output,
         compile_cache=compile_cache, from_image=from_image, interactive=interactive,
         preview_every=preview_every, preview=preview, inference_precision=inference_precision, deepcache=deepcache,
-        tiny_vae=tiny_vae,
+        tiny_vae=tiny_vae, guidance_interval=guidance_interval, static_shapes=static_shapes, fast=fast,
     )
 
 
@@ -185,6 +204,9 @@ def grid(
     inference_precision: str = typer.Option("auto", "--inference-precision", help=INFERENCE_PRECISION_HELP),
     deepcache: Optional[int] = typer.Option(None, "--deepcache", help=DEEPCACHE_HELP),
     tiny_vae: bool = typer.Option(False, "--tiny-vae", help=TINY_VAE_HELP + " Default: off."),
+    guidance_interval: Optional[str] = typer.Option(None, "--guidance-interval", help=GUIDANCE_INTERVAL_HELP),
+    static_shapes: bool = typer.Option(True, "--static-shapes/--dynamic-shapes", help=STATIC_SHAPES_HELP),
+    fast: bool = typer.Option(False, "--fast", help=FAST_HELP),
 ):
     """Render PROMPT for every step count x seed x guidance (at most 64 cells) as a labelled contact sheet.
 
@@ -197,6 +219,7 @@ def grid(
         prompt=prompt, model=model, steps=steps, seeds=seeds, guidance=guidance, negative_prompt=negative_prompt,
         width=width, height=height, scheduler=scheduler, output=output, compile_cache=compile_cache,
         inference_precision=inference_precision, deepcache=deepcache, tiny_vae=tiny_vae,
+        guidance_interval=guidance_interval, static_shapes=static_shapes, fast=fast,
     )
 
 
@@ -240,6 +263,9 @@ def bench(
     inference_precision: str = typer.Option("auto", "--inference-precision", help=INFERENCE_PRECISION_HELP),
     deepcache: Optional[int] = typer.Option(None, "--deepcache", help=DEEPCACHE_HELP),
     tiny_vae: bool = typer.Option(False, "--tiny-vae", help=TINY_VAE_HELP + " Default: off."),
+    guidance_interval: Optional[str] = typer.Option(None, "--guidance-interval", help=GUIDANCE_INTERVAL_HELP),
+    static_shapes: bool = typer.Option(True, "--static-shapes/--dynamic-shapes", help=STATIC_SHAPES_HELP),
+    fast: bool = typer.Option(False, "--fast", help=FAST_HELP),
 ):
     """Time text encoder, UNet per step, VAE and total over step counts and schedulers, or with --quality score the shapes model.
 
@@ -250,7 +276,8 @@ def bench(
     run_bench(model=model, steps=steps, schedulers=schedulers, prompts=prompts, prompt_file=prompt_file,
               seeds=seeds, guidance=guidance, runs=runs, json_path=json_path, quality=quality,
               compile_cache=compile_cache, warmup=warmup, plot_path=plot_path,
-              inference_precision=inference_precision, deepcache=deepcache, tiny_vae=tiny_vae)
+              inference_precision=inference_precision, deepcache=deepcache, tiny_vae=tiny_vae,
+              guidance_interval=guidance_interval, static_shapes=static_shapes, fast=fast)
 
 
 @app.command()

@@ -28,6 +28,7 @@ from sdcpu.engine.measure.latency import LATENCY_PROMPT, measure_latency
 from sdcpu.engine.measure.quality import QualityRow, quality_json, quality_table, request_for, sweep
 from sdcpu.engine.noise import SEED_LIMIT
 from sdcpu.engine.pipeline import Pipeline
+from sdcpu.engine.request_defaults import fast_options, load_size, parse_guidance_interval
 from sdcpu.engine.samplers import SAMPLERS
 from sdcpu.models.shapes.grammar import evaluation_prompts, parse_caption
 
@@ -101,9 +102,10 @@ def echo_quality_row(row: QualityRow) -> None:
                f"of {row.images} images in {row.seconds:.1f} s", err=True)
 
 
-def run_quality(pipe: Pipeline, model: Path, steps_list, samplers, prompts, seeds, guidance, json_path) -> None:
+def run_quality(pipe: Pipeline, model: Path, steps_list, samplers, prompts, seeds, guidance, json_path,
+                interval: tuple[float, float] | None = None) -> None:
     """The shapes evaluation over steps x schedulers; the table on stdout, progress on stderr."""
-    rows = sweep(pipe, prompts, seeds, steps_list, samplers, guidance, on_row=echo_quality_row)
+    rows = sweep(pipe, prompts, seeds, steps_list, samplers, guidance, on_row=echo_quality_row, interval=interval)
     typer.echo(quality_table(rows))
     if json_path:
         write_json(json_path, quality_json(model, prompts, seeds, rows))
@@ -137,9 +139,9 @@ def write_outputs(report: LatencyReport, json_path: Path | None, plot_path: Path
 
 def run_latency(pipe: Pipeline, model: Path, steps_list, samplers, guidance, runs: int, json_path,
                 warmup: int = 1, plot_path: Path | None = None, compile_s: float = 0.0,
-                compile_cache: bool = True) -> None:
+                compile_cache: bool = True, interval: tuple[float, float] | None = None) -> None:
     """Seconds per component and per step for each scheduler x step count after `warmup` untimed calls."""
-    requests = [request_for(pipe, LATENCY_PROMPT, steps, sampler, guidance)
+    requests = [request_for(pipe, LATENCY_PROMPT, steps, sampler, guidance, interval=interval)
                 for sampler in samplers for steps in steps_list]
     for request in requests:
         pipe.validate(request)
@@ -164,8 +166,10 @@ def run_latency(pipe: Pipeline, model: Path, steps_list, samplers, guidance, run
 def run_bench(model: Path, steps: str, schedulers: str | None, prompts: int | None, prompt_file: Path | None,
               seeds: str, guidance: float | None, runs: int, json_path: Path | None, quality: bool,
               compile_cache: bool = True, warmup: int = 1, plot_path: Path | None = None,
-              inference_precision: str | None = None, deepcache: int | None = None, tiny_vae: bool = False) -> None:
+              inference_precision: str | None = None, deepcache: int | None = None, tiny_vae: bool = False,
+              guidance_interval: str | None = None, static_shapes: bool = True, fast: bool = False) -> None:
     """Check every option, load the model once, then time it or evaluate it."""
+    interval = parse_guidance_interval(guidance_interval)
     steps_list = parse_ints(steps, "--steps", 1)
     seed_list = parse_ints(seeds, "--seeds", 0, SEED_LIMIT)
     names = parse_schedulers(schedulers)
@@ -179,15 +183,19 @@ def run_bench(model: Path, steps: str, schedulers: str | None, prompts: int | No
     check_output(json_path, "--json")
     check_output(plot_path, "--plot", ".png")
     started = time.perf_counter()
-    pipe = Pipeline.load(resolve_model(model), compile_cache=compile_cache, inference_precision=inference_precision,
-                         deepcache=deepcache, tiny_vae=tiny_vae, log=lambda line: typer.echo(line, err=True))
+    folder = resolve_model(model)
+    if fast:
+        deepcache, interval = fast_options(folder, deepcache, interval, lambda line: typer.echo(line, err=True))
+    pipe = Pipeline.load(folder, compile_cache=compile_cache, inference_precision=inference_precision,
+                         deepcache=deepcache, tiny_vae=tiny_vae, log=lambda line: typer.echo(line, err=True),
+                         size=load_size(folder, None, None, static_shapes))
     compile_s = time.perf_counter() - started
     if names is None:
         names = [pipe.default_sampler()]
     elif names == ["all"]:
         names = runnable_samplers(pipe, steps_list, guidance)
     if quality:
-        run_quality(pipe, model, steps_list, names, prompt_list, seed_list, guidance, json_path)
+        run_quality(pipe, model, steps_list, names, prompt_list, seed_list, guidance, json_path, interval)
     else:
         run_latency(pipe, model, steps_list, names, guidance, runs, json_path, warmup, plot_path, compile_s,
-                    compile_cache)
+                    compile_cache, interval)

@@ -25,7 +25,14 @@ from sdcpu.engine.pipeline import Pipeline, Request
 from sdcpu.engine.pngmeta import save_png
 from sdcpu.engine.preview import check_preview_options, preview_kind, preview_paths, preview_writer
 from sdcpu.engine.reproduce import Options, merge_from_png
-from sdcpu.engine.request_defaults import build_request, default_model, params_for
+from sdcpu.engine.request_defaults import (
+    build_request,
+    default_model,
+    fast_options,
+    load_size,
+    params_for,
+    parse_guidance_interval,
+)
 from sdcpu.models.registry import step_advice
 
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_inv_fmt}]"
@@ -126,21 +133,28 @@ def run_generate(prompt: str | None = None, model=None, negative_prompt: str | N
                  output: Path | str = Path("sdcpu.png"), compile_cache: bool = True, from_image: Path | None = None,
                  interactive: bool = False, preview_every: int | None = None,
                  preview: str = "linear", inference_precision: str | None = None,
-                 deepcache: int | None = None, tiny_vae: bool | None = None) -> list[Path]:
+                 deepcache: int | None = None, tiny_vae: bool | None = None,
+                 guidance_interval: str | None = None, static_shapes: bool = True, fast: bool = False) -> list[Path]:
     """Resolve options (--from, terminal), load, generate with a progress bar, write one PNG per image."""
     check_preview_options(preview_every, preview)
     given = Options(prompt=prompt, negative_prompt=negative_prompt, model=None if model is None else str(model),
                     steps=steps, guidance=guidance, seed=seed, width=width, height=height, scheduler=scheduler,
-                    inference_precision=inference_precision, deepcache=deepcache, tiny_vae=tiny_vae)
+                    inference_precision=inference_precision, deepcache=deepcache, tiny_vae=tiny_vae,
+                    guidance_interval=parse_guidance_interval(guidance_interval))
     o = resolve_options(given, from_image, interactive)
     folder = resolve_model(o.model)
+    if fast:
+        deepcache, interval = fast_options(folder, o.deepcache, o.guidance_interval, lambda line: typer.echo(line, err=True))
+        o = replace(o, deepcache=deepcache, guidance_interval=interval)
     target = resolve_png_output(output, "sdcpu.png")
     check_writable(target)
     pipe = Pipeline.load(folder, compile_cache=compile_cache,
                          inference_precision=_precision_for(folder, o.inference_precision, inference_precision),
-                         deepcache=o.deepcache, tiny_vae=bool(o.tiny_vae), log=lambda line: typer.echo(line, err=True))
+                         deepcache=o.deepcache, tiny_vae=bool(o.tiny_vae), log=lambda line: typer.echo(line, err=True),
+                         size=load_size(folder, o.width, o.height, static_shapes))
     request = build_request(pipe, o.prompt, o.negative_prompt or "", o.steps, o.guidance,
-                            -1 if o.seed is None else o.seed, o.width, o.height, o.scheduler, batch)
+                            -1 if o.seed is None else o.seed, o.width, o.height, o.scheduler, batch,
+                            o.guidance_interval)
     pipe.validate(request)
     seeds = [request.seed + i for i in range(batch)]
     paths = output_paths(target, seeds)

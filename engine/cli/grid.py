@@ -34,7 +34,14 @@ from sdcpu.engine.measure.markdown import plural
 from sdcpu.engine.noise import SEED_LIMIT, resolve_seed
 from sdcpu.engine.pipeline import Pipeline, Request
 from sdcpu.engine.pngmeta import PARAMETERS_KEY, TINY_VAE_LABEL, format_number, quote, save_png
-from sdcpu.engine.request_defaults import build_request, default_model, params_for
+from sdcpu.engine.request_defaults import (
+    build_request,
+    default_model,
+    fast_options,
+    load_size,
+    params_for,
+    parse_guidance_interval,
+)
 from sdcpu.models.registry import FAMILIES, model_steps
 
 MAX_CELLS = 64
@@ -126,9 +133,9 @@ def save_sheet(path: Path, sheet: np.ndarray, text: str) -> None:
 
 
 def build_rows(pipe: Pipeline, prompt: str, negative_prompt: str, steps_list, seeds, guidances,
-               width, height, scheduler) -> list[list[Request]]:
+               width, height, scheduler, interval: tuple[float, float] | None = None) -> list[list[Request]]:
     """requests[row][column]: rows are (seed, guidance) pairs, seed-major; columns are step counts."""
-    return [[build_request(pipe, prompt, negative_prompt, steps, guidance, seed, width, height, scheduler, 1)
+    return [[build_request(pipe, prompt, negative_prompt, steps, guidance, seed, width, height, scheduler, 1, interval)
              for steps in steps_list] for seed in seeds for guidance in guidances]
 
 
@@ -189,17 +196,23 @@ def run_grid(prompt: str, model: str | Path | None = None, steps: str | None = N
              guidance: str | None = None, negative_prompt: str = "", width=None, height=None, scheduler=None,
              output: Path | str = Path("grid.png"), compile_cache: bool = True,
              inference_precision: str | None = None, deepcache: int | None = None,
-             tiny_vae: bool = False) -> GridResult:
+             tiny_vae: bool = False, guidance_interval: str | None = None,
+             static_shapes: bool = True, fast: bool = False) -> GridResult:
     """Check the lists, load the model, render every cell, write the singles and the labelled sheet."""
     started = time.perf_counter()
     steps_list, seed_list, guidances = parse_lists(steps, seeds, guidance)
-    pipe = Pipeline.load(resolve_model(model) if model else default_model(), compile_cache=compile_cache,
+    interval = parse_guidance_interval(guidance_interval)
+    folder = resolve_model(model) if model else default_model()
+    if fast:
+        deepcache, interval = fast_options(folder, deepcache, interval, lambda line: typer.echo(line, err=True))
+    pipe = Pipeline.load(folder, compile_cache=compile_cache,
                          inference_precision=inference_precision, deepcache=deepcache, tiny_vae=tiny_vae,
-                         log=lambda line: typer.echo(line, err=True))
+                         log=lambda line: typer.echo(line, err=True), size=load_size(folder, width, height, static_shapes))
     steps_list = steps_list or default_steps(pipe)
     seed_list = seed_list or [resolve_seed(-1)]
     check_cell_count(len(steps_list) * len(seed_list) * len(guidances))
-    rows = build_rows(pipe, prompt, negative_prompt, steps_list, seed_list, guidances, width, height, scheduler)
+    rows = build_rows(pipe, prompt, negative_prompt, steps_list, seed_list, guidances, width, height, scheduler,
+                      interval)
     check_requests(pipe, rows)
     output = resolve_png_output(output, "grid.png")
     cells = sum(len(row) for row in rows)

@@ -75,9 +75,10 @@ def seed_runs(seeds: list[int], max_batch: int) -> list[tuple[int, int]]:
 
 
 def request_for(pipe: Pipeline, prompt: str, steps: int | None, sampler: str | None,
-                guidance: float | None, seed: int = 0, batch: int = 1) -> Request:
+                guidance: float | None, seed: int = 0, batch: int = 1,
+                interval: tuple[float, float] | None = None) -> Request:
     """A request at the model's native size; left-out settings take the family's defaults."""
-    return build_request(pipe, prompt, "", steps, guidance, seed, None, None, sampler, batch)
+    return build_request(pipe, prompt, "", steps, guidance, seed, None, None, sampler, batch, interval)
 
 
 def batching_is_exact(pipe: Pipeline, request: Request) -> bool:
@@ -88,12 +89,13 @@ def batching_is_exact(pipe: Pipeline, request: Request) -> bool:
     return all(np.array_equal(a, b) for a, b in zip(batched, singles))
 
 
-def max_batch_for(pipe: Pipeline, prompt: str, seeds: list[int], sampler: str, guidance: float | None) -> int:
+def max_batch_for(pipe: Pipeline, prompt: str, seeds: list[int], sampler: str, guidance: float | None,
+                  interval: tuple[float, float] | None = None) -> int:
     """MAX_BATCH when batching reproduces batch-1 images on this pipeline at this guidance, else 1."""
     first, length = seed_runs(seeds, MAX_BATCH)[0]
     if length == 1 or pipe.manifest.static_shape:
         return 1
-    probe = request_for(pipe, prompt, 2, sampler, guidance, first, length)
+    probe = request_for(pipe, prompt, 2, sampler, guidance, first, length, interval)
     return MAX_BATCH if batching_is_exact(pipe, probe) else 1
 
 
@@ -103,10 +105,11 @@ def accuracy(checks: list[dict[str, bool]]) -> dict[str, float]:
 
 
 def evaluate(pipe: Pipeline, prompts: list[str], seeds: list[int], steps: int | None = None,
-             sampler: str | None = None, guidance: float | None = None, max_batch: int = 1) -> QualityRow:
+             sampler: str | None = None, guidance: float | None = None, max_batch: int = 1,
+             interval: tuple[float, float] | None = None) -> QualityRow:
     """Generate every prompt with every seed and score each image against its caption."""
     scenes = prompt_scenes(prompts)
-    template = request_for(pipe, prompts[0], steps, sampler, guidance)
+    template = request_for(pipe, prompts[0], steps, sampler, guidance, interval=interval)
     started = time.perf_counter()
     checks = []
     for prompt, scene in zip(prompts, scenes):
@@ -119,7 +122,7 @@ def evaluate(pipe: Pipeline, prompts: list[str], seeds: list[int], steps: int | 
 
 
 def check_sweep(pipe: Pipeline, prompts: list[str], seeds: list[int], steps_list: list[int],
-                samplers: list[str], guidance: float | None) -> None:
+                samplers: list[str], guidance: float | None, interval: tuple[float, float] | None = None) -> None:
     """Every request of the sweep is valid (UserError otherwise), before any image is generated."""
     if not prompts or not seeds or not steps_list or not samplers:
         raise UserError("the sweep needs at least one prompt, seed, step count and scheduler")
@@ -127,18 +130,19 @@ def check_sweep(pipe: Pipeline, prompts: list[str], seeds: list[int], steps_list
     for sampler in samplers:
         for steps in steps_list:
             for seed in (min(seeds), max(seeds)):
-                pipe.validate(request_for(pipe, prompts[0], steps, sampler, guidance, seed))
+                pipe.validate(request_for(pipe, prompts[0], steps, sampler, guidance, seed, interval=interval))
 
 
 def sweep(pipe: Pipeline, prompts: list[str], seeds: list[int], steps_list: list[int], samplers: list[str],
-          guidance: float | None = None, on_row: Callable[[QualityRow], None] | None = None) -> list[QualityRow]:
+          guidance: float | None = None, on_row: Callable[[QualityRow], None] | None = None,
+          interval: tuple[float, float] | None = None) -> list[QualityRow]:
     """evaluate() for every scheduler x step count, with one pipeline and batching checked once."""
-    check_sweep(pipe, prompts, seeds, steps_list, samplers, guidance)
-    max_batch = max_batch_for(pipe, prompts[0], seeds, samplers[0], guidance)
+    check_sweep(pipe, prompts, seeds, steps_list, samplers, guidance, interval)
+    max_batch = max_batch_for(pipe, prompts[0], seeds, samplers[0], guidance, interval)
     rows = []
     for sampler in samplers:
         for steps in steps_list:
-            rows.append(evaluate(pipe, prompts, seeds, steps, sampler, guidance, max_batch))
+            rows.append(evaluate(pipe, prompts, seeds, steps, sampler, guidance, max_batch, interval))
             if on_row:
                 on_row(rows[-1])
     return rows
