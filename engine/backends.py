@@ -49,7 +49,7 @@ class Graph:
     def run(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
         """All outputs by name, as float32; NaN or Inf in one is an error naming this graph.
 
-        A graph compiled for one row runs a call of several rows one row at a time."""
+        A graph compiled for N rows runs a call of k x N rows as k calls (a batch of CFG pairs, say)."""
         rows = {len(v) for v in feeds.values() if np.ndim(v)}
         step = self.static_batch
         if step and len(rows) == 1 and (count := rows.pop()) > step and count % step == 0:
@@ -96,7 +96,7 @@ class Graph:
 
     def static_mismatches(self, shapes: dict[str, tuple]) -> dict[str, tuple]:
         """The inputs whose declared static shape differs from the one a request needs (a graph compiled for
-        one row takes any number of rows, run one by one)."""
+        N rows takes any multiple of N, run N at a time)."""
         declared = self.entry.inputs
         step = self.static_batch
         if step and all(v[0] % step == 0 for v in shapes.values()):
@@ -164,11 +164,9 @@ def exact_precision(fmt: str) -> str | None:
     return "f32" if fmt == "openvino" else None
 
 
-def openvino_config(precision: str, inference_precision: str | None = None) -> dict:
-    """The compute precision as OpenVINO's hint: the one asked for, or `default_inference_precision()`.
-
-    `precision` (the export's) does not change the rule: fp16 and int8 exports run in the same type as fp32 ones.
-    """
+def openvino_config(inference_precision: str | None = None) -> dict:
+    """The compute precision as OpenVINO's hint: the one asked for, or `default_inference_precision()`
+    (whatever the export's weights: fp16 and int8 exports compute in the same type as fp32 ones)."""
     explicit = inference_precision not in (None, "auto")
     return {"INFERENCE_PRECISION_HINT": inference_precision if explicit else default_inference_precision()}
 
@@ -283,7 +281,7 @@ def check_inference_precision(value: str | None, fmt: str) -> None:
                         "precision the model was exported in)")
 
 
-def load_graph(folder: Path, name: str, entry: ComponentEntry, fmt: str, precision: str,
+def load_graph(folder: Path, name: str, entry: ComponentEntry, fmt: str,
                cache_dir: Path | None = None, inference_precision: str | None = None, log: Log | None = None,
                shapes: dict[str, tuple] | None = None) -> Graph:
     """Load component `name` of an exported folder with the backend its format calls for.
@@ -291,7 +289,7 @@ def load_graph(folder: Path, name: str, entry: ComponentEntry, fmt: str, precisi
     OpenVINO compiles it for static input `shapes` when given (ONNX Runtime graphs stay as exported)."""
     loaders = {
         "openvino": lambda: load_openvino(
-            folder, name, entry, openvino_config(precision, inference_precision), cache_dir, log, shapes),
+            folder, name, entry, openvino_config(inference_precision), cache_dir, log, shapes),
         "onnx": lambda: load_onnxruntime(folder / entry.file, name, entry),
     }
     if fmt not in loaders:

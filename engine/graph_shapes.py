@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from sdcpu.engine.manifest import Manifest
 
-
 UNET_GRAPHS = ("unet", "unet_deep", "unet_shallow")
 
 

@@ -135,7 +135,7 @@ class Pipeline:
             if name == SHALLOW and wanted:
                 wanted[FEATURE] = graphs[DEEP].output_shape(FEATURE)
             wanted = wanted if wanted and complete(wanted, entry.inputs) and None not in wanted.values() else None
-            graphs[name] = load_graph(folder, name, entry, manifest.format, manifest.precision, cache_dir,
+            graphs[name] = load_graph(folder, name, entry, manifest.format, cache_dir,
                                       inference_precision, log, wanted)
         if deepcache is not None:
             graphs["unet"] = DeepCacheUNet(graphs.pop(DEEP), graphs.pop(SHALLOW), deepcache)

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Callable
 
 import sdcpu
-from sdcpu.engine.errors import UserError
 from sdcpu.engine.deepcache import has_deepcache_graphs
+from sdcpu.engine.errors import UserError
 from sdcpu.engine.manifest import load_manifest
 from sdcpu.engine.noise import resolve_seed
 from sdcpu.engine.pipeline import FULL_INTERVAL, Pipeline, Request
 from sdcpu.engine.pngmeta import GenerationParams, parse_interval
+from sdcpu.engine.size_limits import check_size_limits
 from sdcpu.models.registry import DEFAULT_MODEL, fast_preset, model_guidance, model_size, model_steps
 
 
@@ -67,8 +68,17 @@ def load_size(folder: Path, width: int | None, height: int | None, static_shapes
     size; None with static_shapes off (dynamic graphs)."""
     if not static_shapes:
         return None
-    default_w, default_h = model_size(load_manifest(folder))
-    return (default_w if width is None else width, default_h if height is None else height)
+    manifest = load_manifest(folder)
+    default_w, default_h = model_size(manifest)
+    size = (default_w if width is None else width, default_h if height is None else height)
+    multiple = manifest.size_multiple
+    if any(side < multiple or side % multiple for side in size):
+        return None  # Pipeline.validate refuses it with one line; nothing is compiled for it
+    try:
+        check_size_limits(*size, 1, manifest.latent_channels)
+    except UserError:
+        return None
+    return size
 
 
 def fast_options(folder: Path, deepcache: int | None, guidance_interval: tuple[float, float] | None,

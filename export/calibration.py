@@ -20,8 +20,8 @@ import numpy as np
 
 from sdcpu.engine.backends import exact_precision
 from sdcpu.engine.deepcache import FEATURE, has_deepcache_graphs
-from sdcpu.engine.manifest import load_manifest
 from sdcpu.engine.errors import UserError
+from sdcpu.engine.manifest import load_manifest
 
 PROMPTS_FILE = Path(__file__).with_name("calibration_prompts.txt")
 MAX_STEPS_PER_PROMPT = 4

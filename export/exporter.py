@@ -66,7 +66,7 @@ def _export_component(spec: ComponentSpec, folder: Path, fmt: str, log: Log) -> 
         files = consolidate_onnx(trace, folder / spec.name / "model.onnx")
     relative = [str(f.relative_to(folder)) for f in files]
     entry = ComponentEntry(file=relative[0], files=relative, inputs=inputs, outputs=outputs)
-    runtime_graph = load_graph(folder, spec.name, entry, fmt, "fp32", inference_precision=exact_precision(fmt))
+    runtime_graph = load_graph(folder, spec.name, entry, fmt, inference_precision=exact_precision(fmt))
     entry.parity = compare_component(spec, references, runtime_graph)
     require_fp32_parity(spec.name, entry.parity)
     _log_parity(log, spec.name, "fp32", time.perf_counter() - started, entry.parity)
@@ -190,7 +190,7 @@ def _reduce_precision(fp32_dir: Path, staging: Path, family: str, options: Expor
         entry = ComponentEntry(file=fp32_entry.file, files=[str(f.relative_to(staging)) for f in files],
                                inputs=fp32_entry.inputs, outputs=fp32_entry.outputs, precision=precision)
         spec, references = checks[name]
-        entry.parity = compare_component(spec, references, load_graph(staging, name, entry, options.fmt, precision))
+        entry.parity = compare_component(spec, references, load_graph(staging, name, entry, options.fmt))
         _log_parity(log, name, precision, time.perf_counter() - started, entry.parity)
         entries[name] = entry
         gc.collect()

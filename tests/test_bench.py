@@ -22,7 +22,7 @@ TOP_KEYS = {"model", "format", "precision", "tiny_vae", "width", "height", "guid
             "compile_cache", "sdcpu_version", "machine", "gemm_probe", "compile_s", "first_call_s", "warm_total_s", "memory",
             "unet_flops", "fits", "rows", "gemm_probe_openvino", "unet_vs_openvino_gemm", "runtime"}
 RUNTIME_KEYS = {"inference_precision", "threads", "streams", "performance_hint"}
-MACHINE_KEYS = {"cpu", "logical_cores", "openvino", "onnxruntime", "numpy", "python"}
+MACHINE_KEYS = {"cpu", "isa", "logical_cores", "openvino", "onnxruntime", "numpy", "python"}
 GEMM_KEYS = {"label", "size", "repeats", "seconds_median", "gflops"}
 MEMORY_KEYS = {"peak_rss_mib", "current_rss_mib"}
 FLOPS_KEYS = {"per_call", "batch", "cfg", "by_op"}

@@ -10,11 +10,10 @@ import numpy as np
 import openvino as ov
 import pytest
 
-from sdcpu.engine.backends import Graph
+from sdcpu.engine.backends import Graph, cpu_has_bf16
 from sdcpu.engine.compile_cache import RECORD_NAME, BuildFolder, build_key, build_parts
 from sdcpu.engine.errors import UserError
 from sdcpu.engine.manifest import ComponentEntry
-from sdcpu.engine.backends import cpu_has_bf16
 from sdcpu.engine.pipeline import Pipeline, Request
 from sdcpu.models.registry import DEFAULT_MODEL
 

@@ -38,9 +38,9 @@ def recorded_precision(path: Path) -> str:
 @pytest.mark.parametrize("has_bf16, expected", [(True, "bf16"), (False, "f32")])
 def test_auto_follows_the_cpu(unpinned, monkeypatch, has_bf16, expected):
     monkeypatch.setattr(backends, "cpu_has_bf16", lambda: has_bf16)
-    assert backends.openvino_config("fp32") == {"INFERENCE_PRECISION_HINT": expected}
-    assert backends.openvino_config("int8", "auto") == {"INFERENCE_PRECISION_HINT": expected}
-    assert backends.openvino_config("fp32", "f32") == {"INFERENCE_PRECISION_HINT": "f32"}
+    assert backends.openvino_config() == {"INFERENCE_PRECISION_HINT": expected}
+    assert backends.openvino_config("auto") == {"INFERENCE_PRECISION_HINT": expected}
+    assert backends.openvino_config("f32") == {"INFERENCE_PRECISION_HINT": "f32"}
 
 
 def test_openvino_agrees_with_the_kernel_on_bf16(unpinned):

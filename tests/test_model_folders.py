@@ -204,8 +204,8 @@ def test_a_manifest_marked_unfinished_is_refused_under_any_name(tmp_path):
 def test_sigkilled_export_leaves_a_folder_nothing_accepts(tiny_sources, tmp_path, monkeypatch):
     parent = tmp_path / "exports"
     parent.mkdir()
-    process = start_paused(PAUSE_AFTER_FIRST_MANIFEST, ["export", tiny_sources["sd15"], parent / "model"],
-                           tmp_path / "ready")
+    process = start_paused(PAUSE_AFTER_FIRST_MANIFEST, ["export", tiny_sources["sd15"], parent / "model",
+                                                        "--precision", "fp32"], tmp_path / "ready")
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=60)
     leftover = parent / f".model.partial-{process.pid}"
@@ -263,7 +263,8 @@ def test_ctrl_c_between_the_renames_of_an_overwrite_leaves_the_new_export_in_pla
     out = copy_model(tiny_exports["sd15", "onnx"], tmp_path / "model")
     code = PAUSED_CLI.format(patch=INTERRUPT_BETWEEN_THE_RENAMES)
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ready"), "export", str(tiny_sources["sd15"]),
-                             str(out), "--overwrite"], cwd=REPO, capture_output=True, text=True, timeout=600)
+                             str(out), "--overwrite", "--precision", "fp32"], cwd=REPO, capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 130 and "Traceback" not in result.stdout + result.stderr, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "ready"]
     assert load_manifest(out).format == "openvino" and load_manifest(out).complete is True
@@ -307,7 +308,7 @@ def test_disk_full_during_export_is_one_line_with_the_space_needed(tiny_sources,
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 0))
     monkeypatch.setattr(exporter, "onnx_to_openvino", _fail_on_unet(exporter.onnx_to_openvino, error))
     out = tmp_path / "model"
-    line = one_error_line(["export", tiny_sources["sd15"], out])
+    line = one_error_line(["export", tiny_sources["sd15"], out, "--precision", "fp32"])
     needed = re.search(rf"no space left on {re.escape(str(tmp_path))} \(needs about (\d+) MB, 0 MB free\)", line)
     assert needed, line
     fp32_mb = _source_weight_mb(tiny_sources["sd15"])

@@ -48,7 +48,7 @@ def fp32(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("quantize-ov")
     source = build_tiny_pipeline(root / "sd15", family="sd15")
-    export_model(str(source), root / "fp32", fmt="openvino", log=lambda line: None)
+    export_model(str(source), root / "fp32", fmt="openvino", precision="fp32", log=lambda line: None)
     return root / "fp32"
 
 
@@ -99,7 +99,7 @@ def references(fp32, unet_calls) -> dict[str, tuple[dict, np.ndarray]]:
 def graph(fp32: Path, folder: Path, name: str, precision: str):
     """Component `name` of `folder` (laid out as the fp32 export) through the runtime's loader, f32 hint."""
     entry = load_manifest(fp32).components[name]
-    return load_graph(folder, name, entry, "openvino", precision, inference_precision="f32")
+    return load_graph(folder, name, entry, "openvino", inference_precision="f32")
 
 
 @pytest.mark.parametrize("kind", ["fp16", "int8"])

@@ -40,7 +40,8 @@ def exports(tiny_sources, tmp_path_factory) -> dict[str, Path]:
     """The tiny SD1.5 pipeline exported with `--tiny-vae random`, per format."""
     root = tmp_path_factory.mktemp("tiny-vae")
     for fmt in FORMATS:
-        export_model(str(tiny_sources["sd15"]), root / fmt, fmt=fmt, tiny_vae="random", log=lambda line: None)
+        export_model(str(tiny_sources["sd15"]), root / fmt, fmt=fmt, precision="fp32", tiny_vae="random",
+                     log=lambda line: None)
     return {fmt: root / fmt for fmt in FORMATS}
 
 

@@ -46,11 +46,24 @@ def package_version(name: str) -> str | None:
         return None
 
 
+MATRIX_ISA = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
+
+
+def cpu_isa() -> list[str]:
+    """The CPU's matrix-relevant ISA extensions (AMX, AVX512-BF16, VNNI, ...) from /proc/cpuinfo (Linux)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    present = set(flags.split(":", 1)[-1].split())
+    return [name for name in MATRIX_ISA if name in present]
+
+
 def machine_info() -> dict:
-    """CPU, logical cores and the versions of everything that computes."""
-    return {"cpu": cpu_model(), "logical_cores": os.cpu_count(), "openvino": package_version("openvino"),
-            "onnxruntime": package_version("onnxruntime"), "numpy": np.__version__,
-            "python": platform.python_version()}
+    """CPU, its matrix ISA, logical cores and the versions of everything that computes."""
+    return {"cpu": cpu_model(), "isa": cpu_isa(), "logical_cores": os.cpu_count(),
+            "openvino": package_version("openvino"), "onnxruntime": package_version("onnxruntime"),
+            "numpy": np.__version__, "python": platform.python_version()}
 
 
 @dataclass(frozen=True)
