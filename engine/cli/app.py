@@ -22,9 +22,9 @@ app = typer.Typer(
 
 
 INFERENCE_PRECISION_HELP = (
-    "OpenVINO models: auto (fp32 exports compute in f32, exactly; fp16/int8 ones in the CPU's fastest type, "
-    "bf16 on AVX512-BF16/AMX CPUs), bf16 (about 1.9x faster UNet and VAE than f32 on such CPUs; images differ "
-    "slightly, see bench/RESULTS.md) or f32."
+    "OpenVINO models: auto (bf16 on CPUs that compute it natively, AVX512-BF16 or AMX: about 2x faster UNet and "
+    "VAE, images within bf16 rounding; f32 elsewhere; $SDCPU_INFERENCE_PRECISION pins it), bf16, or f32 (exact: "
+    "with an fp32 export it reproduces diffusers)."
 )
 DEEPCACHE_HELP = (
     "DeepCache every N: run the full UNet on every N-th call and only its shallowest branch, on the cached deep "
