@@ -98,10 +98,15 @@ class Graph:
         """The inputs whose declared static shape differs from the one a request needs (a graph compiled for
         N rows takes any multiple of N, run N at a time)."""
         declared = self.entry.inputs
+        return {k: tuple(v) for k, v in self.per_call(shapes).items()
+                if k in declared and not _fits(v, declared[k]["shape"])}
+
+    def per_call(self, shapes: dict[str, tuple]) -> dict[str, tuple]:
+        """`shapes` as each call sees them: rows that are a multiple of the compiled batch run that many at a time."""
         step = self.static_batch
         if step and all(v[0] % step == 0 for v in shapes.values()):
-            shapes = {k: (step, *v[1:]) for k, v in shapes.items()}
-        return {k: tuple(v) for k, v in shapes.items() if k in declared and not _fits(v, declared[k]["shape"])}
+            return {k: (step, *v[1:]) for k, v in shapes.items()}
+        return shapes
 
     def reshape(self, shapes: dict[str, tuple]) -> None:
         """Recompile for new static input shapes (OpenVINO); other backends cannot."""

@@ -24,9 +24,9 @@ def has_deepcache_graphs(manifest) -> bool:
     return DEEP in manifest.components and SHALLOW in manifest.components
 
 
-def require_graphs(components, folder) -> None:
+def require_graphs(manifest, folder) -> None:
     """A one-line error when the export has no DeepCache graphs."""
-    if DEEP not in components or SHALLOW not in components:
+    if not has_deepcache_graphs(manifest):
         raise UserError(f"{folder} has no DeepCache graphs; re-export it with `sdcpu export --deepcache`")
 
 
@@ -80,6 +80,9 @@ class DeepCacheUNet:
     @property
     def static_batch(self) -> int | None:
         return self.deep.static_batch
+
+    def per_call(self, shapes: dict[str, tuple]) -> dict[str, tuple]:
+        return self.deep.per_call(shapes)
 
     def reshape(self, shapes: dict[str, tuple]) -> None:
         """Recompile both graphs for new static shapes: the shallow one takes the deep one's feature shape."""

@@ -25,7 +25,7 @@ from sdcpu.engine.manifest import TINY_VAE_DECODER, Manifest, load_manifest
 from sdcpu.engine.noise import SEED_LIMIT, TorchCompatibleNoise
 from sdcpu.engine.samplers import SAMPLERS, default_sampler_for, run_sampler
 from sdcpu.engine.schedules import make_schedule
-from sdcpu.engine.size_limits import check_size_limits
+from sdcpu.engine.size_limits import check_size_limits, check_size_multiple
 from sdcpu.engine.tokenizer import ClipTokenizer
 from sdcpu.models.registry import model_guidance
 
@@ -72,6 +72,11 @@ def to_uint8_images(decoded: np.ndarray) -> list[np.ndarray]:
     return [np.round(img.transpose(1, 2, 0) * 255).astype(np.uint8) for img in unit]
 
 
+def cfg_applies(manifest: Manifest, guidance: float) -> bool:
+    """CFG only when guidance > 1 and the UNet has no guidance embedding (as diffusers)."""
+    return guidance > 1.0 and manifest.time_cond_proj_dim is None
+
+
 def _skipped_graphs(deepcache: bool, tiny_vae: bool) -> set[str]:
     """The graphs Pipeline.load leaves uncompiled: the UNet variant and the VAE decoder it will not run."""
     unets = {"unet"} if deepcache else {DEEP, SHALLOW}
@@ -112,7 +117,7 @@ class Pipeline:
         manifest = load_manifest(folder)
         check_interval(deepcache)
         if deepcache is not None:
-            require_graphs(manifest.components, folder)
+            require_graphs(manifest, folder)
         if tiny_vae and TINY_VAE_DECODER not in manifest.components:
             raise UserError(f"{folder} has no tiny VAE decoder; re-export it with `sdcpu export --tiny-vae TINY`")
         try:
@@ -125,7 +130,7 @@ class Pipeline:
         skipped = _skipped_graphs(deepcache is not None, tiny_vae)
         static = size is not None and manifest.format == "openvino" and not manifest.static_shape
         if cfg is None:
-            cfg = model_guidance(manifest) > 1 and manifest.time_cond_proj_dim is None
+            cfg = cfg_applies(manifest, model_guidance(manifest))
         shapes = static_shapes(manifest, *size, cfg) if static else {}
         for name in sorted(manifest.components, key=lambda n: n == SHALLOW):  # the shallow graph needs the deep one
             if name in skipped:
@@ -199,10 +204,7 @@ class Pipeline:
                 )
             if log and static:
                 log(f"note: {name} was exported static; recompiling for {request.width}x{request.height} batch {request.batch}")
-            step = graph.static_batch
-            if step and all(v[0] % step == 0 for v in shapes.values()):
-                shapes = {k: (step, *v[1:]) for k, v in shapes.items()}
-            graph.reshape({k: tuple(v) for k, v in shapes.items()})
+            graph.reshape({k: tuple(v) for k, v in graph.per_call(shapes).items()})
 
     @property
     def has_guidance_embedding(self) -> bool:
@@ -217,20 +219,17 @@ class Pipeline:
 
     def uses_cfg(self, guidance: float) -> bool:
         """CFG only when guidance > 1 and the UNet has no guidance embedding (as diffusers)."""
-        return guidance > 1.0 and not self.has_guidance_embedding
+        return cfg_applies(self.manifest, guidance)
 
     def validate(self, request: Request) -> None:
         """Reject requests the model cannot run, with one line each."""
-        multiple = self.manifest.size_multiple
         if request.steps < 1:
             raise UserError(f"--steps must be at least 1 (got {request.steps})")
         if request.batch < 1:
             raise UserError(f"--batch must be at least 1 (got {request.batch})")
         if request.seed + request.batch > SEED_LIMIT:
             raise UserError(f"--seed + --batch - 1 must stay below 2**64 (got seed {request.seed})")
-        for side, value in (("width", request.width), ("height", request.height)):
-            if value < multiple or value % multiple:
-                raise UserError(f"--{side} must be a positive multiple of {multiple} (got {value})")
+        check_size_multiple(request.width, request.height, self.manifest.size_multiple)
         if request.sampler not in SAMPLERS:
             raise UserError(f"unknown scheduler {request.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         try:

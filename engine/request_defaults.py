@@ -12,11 +12,11 @@ from typing import Callable
 import sdcpu
 from sdcpu.engine.deepcache import has_deepcache_graphs
 from sdcpu.engine.errors import UserError
-from sdcpu.engine.manifest import load_manifest
+from sdcpu.engine.manifest import Manifest
 from sdcpu.engine.noise import resolve_seed
 from sdcpu.engine.pipeline import FULL_INTERVAL, Pipeline, Request
 from sdcpu.engine.pngmeta import GenerationParams, parse_interval
-from sdcpu.engine.size_limits import check_size_limits
+from sdcpu.engine.size_limits import check_size_limits, check_size_multiple
 from sdcpu.models.registry import DEFAULT_MODEL, fast_preset, model_guidance, model_size, model_steps
 
 
@@ -63,30 +63,28 @@ def recorded_interval(pipe: Pipeline, request: Request) -> tuple[float, float] |
     return request.guidance_interval if limited and pipe.uses_cfg(request.guidance) else None
 
 
-def load_size(folder: Path, width: int | None, height: int | None, static_shapes: bool = True):
+def load_size(manifest: Manifest, width: int | None, height: int | None, static_shapes: bool = True):
     """The (width, height) to compile static graphs for at load: the one asked for, else the model's native
-    size; None with static_shapes off (dynamic graphs)."""
+    size; None with static_shapes off (dynamic graphs) or for a size Pipeline.validate will refuse (nothing
+    is compiled for it; the refusal is one line)."""
     if not static_shapes:
         return None
-    manifest = load_manifest(folder)
     default_w, default_h = model_size(manifest)
     size = (default_w if width is None else width, default_h if height is None else height)
-    multiple = manifest.size_multiple
-    if any(side < multiple or side % multiple for side in size):
-        return None  # Pipeline.validate refuses it with one line; nothing is compiled for it
     try:
+        check_size_multiple(*size, manifest.size_multiple)
         check_size_limits(*size, 1, manifest.latent_channels)
     except UserError:
         return None
     return size
 
 
-def fast_options(folder: Path, deepcache: int | None, guidance_interval: tuple[float, float] | None,
+def fast_options(folder: Path, manifest: Manifest, deepcache: int | None,
+                 guidance_interval: tuple[float, float] | None,
                  log: Callable[[str], None] | None = None) -> tuple[int | None, tuple[float, float] | None]:
     """--fast: the family's preset (models/registry.py FAST_PRESETS) for the speed options left out.
 
     DeepCache needs the export's DeepCache graphs; without them the rest of the preset applies, with a note."""
-    manifest = load_manifest(folder)
     preset = fast_preset(manifest.family)
     if deepcache is None and preset.deepcache is not None:
         if has_deepcache_graphs(manifest):

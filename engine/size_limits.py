@@ -47,6 +47,13 @@ def estimated_peak_bytes(width: int, height: int, batch: int, latent_channels: i
     return max(attention, decode) + latents
 
 
+def check_size_multiple(width: int, height: int, multiple: int) -> None:
+    """Refuse sides that are not positive multiples of the model's `multiple`."""
+    for side, value in (("width", width), ("height", height)):
+        if value < multiple or value % multiple:
+            raise UserError(f"--{side} must be a positive multiple of {multiple} (got {value})")
+
+
 def check_size_limits(width: int, height: int, batch: int, latent_channels: int) -> None:
     """Refuse sizes above the side limit, and requests whose estimated memory exceeds what is available."""
     limit = max_side()

@@ -12,6 +12,7 @@ from sdcpu.engine.atomic import atomic_write
 from sdcpu.engine.cli.output_files import check_output
 from sdcpu.engine.errors import UserError
 from sdcpu.engine.local_models import resolve_model
+from sdcpu.engine.manifest import load_manifest
 from sdcpu.engine.measure.bench_plot import write_plot
 from sdcpu.engine.measure.bench_report import (
     LatencyReport,
@@ -184,11 +185,12 @@ def run_bench(model: Path, steps: str, schedulers: str | None, prompts: int | No
     check_output(plot_path, "--plot", ".png")
     started = time.perf_counter()
     folder = resolve_model(model)
+    manifest = load_manifest(folder)
     if fast:
-        deepcache, interval = fast_options(folder, deepcache, interval, lambda line: typer.echo(line, err=True))
+        deepcache, interval = fast_options(folder, manifest, deepcache, interval, lambda line: typer.echo(line, err=True))
     pipe = Pipeline.load(folder, compile_cache=compile_cache, inference_precision=inference_precision,
                          deepcache=deepcache, tiny_vae=tiny_vae, log=lambda line: typer.echo(line, err=True),
-                         size=load_size(folder, None, None, static_shapes))
+                         size=load_size(manifest, None, None, static_shapes))
     compile_s = time.perf_counter() - started
     if names is None:
         names = [pipe.default_sampler()]

@@ -20,7 +20,7 @@ from sdcpu.engine.cli.output_files import (
 )
 from sdcpu.engine.errors import UserError
 from sdcpu.engine.local_models import resolve_model
-from sdcpu.engine.manifest import load_manifest
+from sdcpu.engine.manifest import Manifest, load_manifest
 from sdcpu.engine.pipeline import Pipeline, Request
 from sdcpu.engine.pngmeta import save_png
 from sdcpu.engine.preview import check_preview_options, preview_kind, preview_paths, preview_writer
@@ -81,9 +81,9 @@ def resolve_options(given: Options, from_image: Path | None, interactive: bool) 
     return given
 
 
-def _precision_for(folder: Path, chosen: str | None, given: str | None) -> str | None:
+def _precision_for(manifest: Manifest, chosen: str | None, given: str | None) -> str | None:
     """The inference precision to ask for; one recorded in a PNG is dropped for an ONNX model, which cannot take it."""
-    if chosen is not None and given is None and load_manifest(folder).format != "openvino":
+    if chosen is not None and given is None and manifest.format != "openvino":
         return None
     return chosen
 
@@ -143,15 +143,17 @@ def run_generate(prompt: str | None = None, model=None, negative_prompt: str | N
                     guidance_interval=parse_guidance_interval(guidance_interval))
     o = resolve_options(given, from_image, interactive)
     folder = resolve_model(o.model)
+    manifest = load_manifest(folder)
     if fast:
-        deepcache, interval = fast_options(folder, o.deepcache, o.guidance_interval, lambda line: typer.echo(line, err=True))
+        deepcache, interval = fast_options(folder, manifest, o.deepcache, o.guidance_interval,
+                                           lambda line: typer.echo(line, err=True))
         o = replace(o, deepcache=deepcache, guidance_interval=interval)
     target = resolve_png_output(output, "sdcpu.png")
     check_writable(target)
     pipe = Pipeline.load(folder, compile_cache=compile_cache,
-                         inference_precision=_precision_for(folder, o.inference_precision, inference_precision),
+                         inference_precision=_precision_for(manifest, o.inference_precision, inference_precision),
                          deepcache=o.deepcache, tiny_vae=bool(o.tiny_vae), log=lambda line: typer.echo(line, err=True),
-                         size=load_size(folder, o.width, o.height, static_shapes))
+                         size=load_size(manifest, o.width, o.height, static_shapes))
     request = build_request(pipe, o.prompt, o.negative_prompt or "", o.steps, o.guidance,
                             -1 if o.seed is None else o.seed, o.width, o.height, o.scheduler, batch,
                             o.guidance_interval)

@@ -30,6 +30,7 @@ from sdcpu.engine.cli.output_files import (
 )
 from sdcpu.engine.errors import UserError
 from sdcpu.engine.local_models import resolve_model
+from sdcpu.engine.manifest import load_manifest
 from sdcpu.engine.measure.markdown import plural
 from sdcpu.engine.noise import SEED_LIMIT, resolve_seed
 from sdcpu.engine.pipeline import Pipeline, Request
@@ -203,11 +204,12 @@ def run_grid(prompt: str, model: str | Path | None = None, steps: str | None = N
     steps_list, seed_list, guidances = parse_lists(steps, seeds, guidance)
     interval = parse_guidance_interval(guidance_interval)
     folder = resolve_model(model) if model else default_model()
+    manifest = load_manifest(folder)
     if fast:
-        deepcache, interval = fast_options(folder, deepcache, interval, lambda line: typer.echo(line, err=True))
+        deepcache, interval = fast_options(folder, manifest, deepcache, interval, lambda line: typer.echo(line, err=True))
     pipe = Pipeline.load(folder, compile_cache=compile_cache,
                          inference_precision=inference_precision, deepcache=deepcache, tiny_vae=tiny_vae,
-                         log=lambda line: typer.echo(line, err=True), size=load_size(folder, width, height, static_shapes))
+                         log=lambda line: typer.echo(line, err=True), size=load_size(manifest, width, height, static_shapes))
     steps_list = steps_list or default_steps(pipe)
     seed_list = seed_list or [resolve_seed(-1)]
     check_cell_count(len(steps_list) * len(seed_list) * len(guidances))
