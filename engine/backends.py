@@ -292,9 +292,9 @@ def load_graph(folder: Path, name: str, entry: ComponentEntry, fmt: str,
     """Load component `name` of an exported folder with the backend its format calls for.
 
     OpenVINO compiles it for static input `shapes` when given (ONNX Runtime graphs stay as exported)."""
+    config = openvino_config(inference_precision) if fmt == "openvino" else {}  # a bad pin is its own error
     loaders = {
-        "openvino": lambda: load_openvino(
-            folder, name, entry, openvino_config(inference_precision), cache_dir, log, shapes),
+        "openvino": lambda: load_openvino(folder, name, entry, config, cache_dir, log, shapes),
         "onnx": lambda: load_onnxruntime(folder / entry.file, name, entry),
     }
     if fmt not in loaders:

@@ -62,3 +62,11 @@ def test_default_generate_records_the_precision_it_ran(unpinned, tmp_path):
         assert result.exit_code == 0, result.output
     assert recorded_precision(plain) == ("bf16" if cpuinfo_has_bf16() else "f32")
     assert recorded_precision(exact) == "f32"
+
+
+def test_a_bad_pin_is_one_line_naming_the_variable(monkeypatch, tmp_path):
+    monkeypatch.setenv("SDCPU_INFERENCE_PRECISION", "f16")
+    result = runner.invoke(app, ["generate", PROMPT, "--steps", "2", "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "error: SDCPU_INFERENCE_PRECISION='f16' is not one of auto, f32, bf16")
