@@ -108,10 +108,15 @@ def family_section(data: dict) -> str:
                       speedup(r["image_s"], optimum, "image_s"), speedup(r["image_s"], genai, "image_s"),
                       f"{r['load_s']:.1f}", f"{r['first_image_s']:.1f}", f"{r['peak_rss_gib']:.2f}", psnr_cell(r)])
     probes = data["gemm_probe_gflops"]
+    rounds = f"{data['rounds']} rounds"
+    if data.get("merged_from"):
+        per_peer = ", ".join(f"{r['peer']} {r['rounds']}" for r in rows if "rounds" in r)
+        rounds = (f"{len(data['merged_from'])} interleaved runs merged by bench/merge_runs.py (rounds per peer: "
+                  f"{per_peer})")
     lines = [
         f"## {data['family']}{' (' + data['tag'] + ')' if data.get('tag') else ''}: {s['width']}x{s['height']}, guidance {s['guidance']:g}, prompt \"{s['prompt']}\"",
         "",
-        f"Timed step counts {data['steps']}, {data['rounds']} rounds, peers interleaved (order rotates per round). "
+        f"Timed step counts {data['steps']}, {rounds}, peers interleaved (order rotates per round). "
         f"OpenVINO bf16 GEMM probe before each peer: {min(probes):.0f}-{max(probes):.0f} GFLOP/s "
         f"(median {statistics.median(probes):.0f}). Speed-ups above 1x mean faster than optimum-intel "
         "(or OpenVINO GenAI).",
@@ -178,6 +183,10 @@ def documents_section(datasets: list[dict]) -> str:
              "measured image is its wall time over its steps (text encoder and VAE included).", "",
              markdown_table(["family", "steps", "path", "s/image", "s/step", "image vs optimum-intel", "run"], cells),
              ""]
+    unhurried = sorted({f for f, _, label in found if label == "default"} - {f for f, _, label in found if label == "fast"})
+    if unhurried:
+        lines += [f"No fast row for {', '.join(unhurried)}: no `--fast` preset there (models/registry.py "
+                  "FAST_PRESETS; at 1-4 steps DeepCache has no UNet call to reuse).", ""]
     if ratios and "amx_int8" in machine.get("isa", []):
         lines += [f"AMX int8 against bf16 (the default's s/step over the int8 hybrid export's): {', '.join(ratios)}.",
                   ""]

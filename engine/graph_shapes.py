@@ -19,7 +19,8 @@ UNET_GRAPHS = ("unet", "unet_deep", "unet_shallow")
 def named_dimensions(manifest: Manifest, width: int, height: int, rows: int = 1) -> dict[str, int]:
     """What the exported graphs' named dimensions mean for `rows` rows of one image of width x height."""
     factor = manifest.vae_scale_factor
-    return {"batch": rows, "height": height // factor, "width": width // factor}
+    return {"batch": rows, "height": height // factor, "width": width // factor,
+            "image_height": height, "image_width": width}
 
 
 def static_shapes(manifest: Manifest, width: int, height: int, cfg: bool) -> dict[str, dict[str, tuple]]:

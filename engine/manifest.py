@@ -17,6 +17,7 @@ MANIFEST_SCHEMA = 1
 FORMATS = ("openvino", "onnx")
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 TINY_VAE_DECODER = "vae_decoder_tiny"
+VAE_ENCODER = "vae_encoder"
 STAGING_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<kind>partial|old)-(?P<pid>[0-9]+)$")
 RE_EXPORT = "re-run sdcpu export"
 

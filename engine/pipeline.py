@@ -1,13 +1,13 @@
-"""Text-to-image on an exported folder: encode prompt, numpy sampler loop, VAE decode.
+"""Text-to-image and image-to-image on an exported folder: encode prompt, numpy sampler loop, VAE decode.
 
-Reproduces diffusers' StableDiffusionPipeline / LatentConsistencyModelPipeline step for step
-(classifier-free guidance as one batch-2 UNet call; LCM's guidance embedding instead of CFG).
+Reproduces diffusers' StableDiffusion(XL)Pipeline / LatentConsistencyModelPipeline, their Img2Img
+pipelines and StableDiffusionInpaintPipeline step for step (classifier-free guidance as one batch-2
+UNet call; LCM's guidance embedding instead of CFG; where the loop starts: engine/img2img.py).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,40 +21,17 @@ from sdcpu.engine.deepcache import DEEP, FEATURE, SHALLOW, DeepCacheUNet, check_
 from sdcpu.engine.denoisers import denoiser_from_eps, denoiser_from_v
 from sdcpu.engine.errors import UserError
 from sdcpu.engine.graph_shapes import complete, static_shapes
-from sdcpu.engine.manifest import TINY_VAE_DECODER, Manifest, load_manifest
-from sdcpu.engine.noise import SEED_LIMIT, TorchCompatibleNoise
-from sdcpu.engine.samplers import SAMPLERS, default_sampler_for, run_sampler
-from sdcpu.engine.schedules import make_schedule
-from sdcpu.engine.size_limits import check_size_limits, check_size_multiple
+from sdcpu.engine.img2img import ImageEncoder, starting_point, unet_channels
+from sdcpu.engine.manifest import TINY_VAE_DECODER, VAE_ENCODER, Manifest, load_manifest
+from sdcpu.engine.noise import TorchCompatibleNoise
+from sdcpu.engine.request import FULL_INTERVAL, Request, validate_request
+from sdcpu.engine.samplers import default_sampler_for, sample_from
+from sdcpu.engine.schedules import image_to_image_schedule, make_schedule
 from sdcpu.engine.tokenizer import ClipTokenizer
 from sdcpu.models.registry import model_guidance
 
 StepCallback = Callable[[int, int], None]
-MAX_GUIDANCE = 100.0
-FULL_INTERVAL = (0.0, 1.0)
 DenoisedCallback = Callable[[int, int, np.ndarray], None]
-
-
-@dataclass(frozen=True)
-class Request:
-    """One generate call; seeds are already resolved (image i uses seed + i)."""
-
-    prompt: str
-    negative_prompt: str
-    steps: int
-    guidance: float
-    seed: int
-    width: int
-    height: int
-    sampler: str
-    batch: int = 1
-    guidance_interval: tuple[float, float] = FULL_INTERVAL
-
-    def guides_at(self, noise_level: float) -> bool:
-        """Whether CFG runs at this timestep / training timesteps: inside the guidance interval (Kynkaanniemi
-        et al. 2024 limit guidance to an interval of noise levels; a low end cuts it late, as Castillo et al. 2023)."""
-        low, high = self.guidance_interval
-        return low <= noise_level <= high
 
 
 @dataclass
@@ -78,16 +55,18 @@ def cfg_applies(manifest: Manifest, guidance: float) -> bool:
 
 
 def _skipped_graphs(deepcache: bool, tiny_vae: bool) -> set[str]:
-    """The graphs Pipeline.load leaves uncompiled: the UNet variant and the VAE decoder it will not run."""
+    """The graphs Pipeline.load leaves uncompiled: the UNet variant and the VAE decoder it will not run, and
+    the VAE encoder (compiled on the first image-to-image request)."""
     unets = {"unet"} if deepcache else {DEEP, SHALLOW}
-    return unets | ({"vae_decoder"} if tiny_vae else {TINY_VAE_DECODER})
+    return unets | {VAE_ENCODER} | ({"vae_decoder"} if tiny_vae else {TINY_VAE_DECODER})
 
 
 class Pipeline:
     """An exported model folder loaded on its backend, ready to generate."""
 
     def __init__(self, folder: Path, manifest: Manifest, graphs: dict[str, Graph],
-                 tokenizers: list[ClipTokenizer], scheduler_config: dict):
+                 tokenizers: list[ClipTokenizer], scheduler_config: dict,
+                 load_encoder: Callable[[], Graph] | None = None):
         self.folder = folder
         self.manifest = manifest
         self.text_encoders = [graphs[n] for n in ("text_encoder", "text_encoder_2") if n in graphs]
@@ -95,6 +74,14 @@ class Pipeline:
         self.vae_decoder = graphs["vae_decoder"]
         self.tokenizers = tokenizers
         self.scheduler_config = scheduler_config
+        self.image_encoder = ImageEncoder(load_encoder, f"{folder} has no VAE encoder (exported before sdcpu had "
+                                          f"image-to-image); re-export it to use --init-image: "
+                                          f"sdcpu export {manifest.source} DIR")
+
+    @property
+    def vae_encoder(self) -> Graph:
+        """The VAE encoder, compiled on first use; a UserError naming the fix for folders exported without one."""
+        return self.image_encoder.graph
 
     @classmethod
     def load(cls, folder: Path, compile_cache: bool = True, inference_precision: str | None = None,
@@ -146,7 +133,13 @@ class Pipeline:
             graphs["unet"] = DeepCacheUNet(graphs.pop(DEEP), graphs.pop(SHALLOW), deepcache)
         if tiny_vae:
             graphs["vae_decoder"] = graphs.pop(TINY_VAE_DECODER)
-        return cls(folder, manifest, graphs, tokenizers, config)
+
+        def load_encoder() -> Graph:
+            entry = manifest.components[VAE_ENCODER]
+            wanted = shapes.get(VAE_ENCODER) or None
+            return load_graph(folder, VAE_ENCODER, entry, manifest.format, cache_dir, inference_precision, log, wanted)
+
+        return cls(folder, manifest, graphs, tokenizers, config, load_encoder if VAE_ENCODER in manifest.components else None)
 
     @property
     def deepcache(self) -> int | None:
@@ -178,8 +171,10 @@ class Pipeline:
         latent = (request.height // factor, request.width // factor)
         rows = request.batch * (2 if cfg else 1)
         unet = {k: (rows, *v["shape"][1:]) for k, v in self.unet.entry.inputs.items()}
-        unet["sample"] = (rows, self.manifest.latent_channels, *latent)
+        unet["sample"] = (rows, unet_channels(self.manifest), *latent)
         shapes = {"unet": unet, "vae_decoder": {"latent_sample": (1, self.manifest.latent_channels, *latent)}}
+        if request.init_image is not None:
+            shapes[VAE_ENCODER] = {"sample": (1, 3, request.height, request.width)}
         for name, encoder in zip(("text_encoder", "text_encoder_2"), self.text_encoders):
             shapes[name] = {"input_ids": (1, encoder.entry.inputs["input_ids"]["shape"][1])}
         return shapes
@@ -191,7 +186,7 @@ class Pipeline:
         gets a dynamic batch (static size)."""
         cfg = self.uses_cfg(request.guidance)
         for name, shapes in self.shapes_for(request, cfg).items():
-            graph = self.graphs()[name]
+            graph = self.vae_encoder if name == VAE_ENCODER else self.graphs()[name]
             if name == "unet" and cfg and request.guidance_interval != FULL_INTERVAL and graph.static_batch:
                 shapes = {k: (-1, *v[1:]) for k, v in shapes.items()}
             elif not graph.static_mismatches(shapes):
@@ -222,26 +217,20 @@ class Pipeline:
         return cfg_applies(self.manifest, guidance)
 
     def validate(self, request: Request) -> None:
-        """Reject requests the model cannot run, with one line each."""
-        if request.steps < 1:
-            raise UserError(f"--steps must be at least 1 (got {request.steps})")
-        if request.batch < 1:
-            raise UserError(f"--batch must be at least 1 (got {request.batch})")
-        if request.seed + request.batch > SEED_LIMIT:
-            raise UserError(f"--seed + --batch - 1 must stay below 2**64 (got seed {request.seed})")
-        check_size_multiple(request.width, request.height, self.manifest.size_multiple)
-        if request.sampler not in SAMPLERS:
-            raise UserError(f"unknown scheduler {request.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        try:
-            make_schedule(request.sampler, self.scheduler_config, request.steps)
-        except ValueError as exc:
-            raise UserError(f"scheduler {request.sampler}: {exc}") from None
-        if not math.isfinite(request.guidance) or not 0 <= request.guidance <= MAX_GUIDANCE:
-            raise UserError(f"--guidance must be a number from 0 to {MAX_GUIDANCE:g} (got {request.guidance})")
-        low, high = request.guidance_interval
-        if not (math.isfinite(low) and math.isfinite(high) and 0 <= low < high <= 1):
-            raise UserError(f"--guidance-interval must be LOW,HIGH with 0 <= LOW < HIGH <= 1 (got {low:g},{high:g})")
-        check_size_limits(request.width, request.height, request.batch, self.manifest.latent_channels)
+        """Reject requests the model cannot run, with one line each (engine/request.py)."""
+        validate_request(request, self.manifest, self.scheduler_config, self.lcm_pipeline)
+
+    @property
+    def lcm_pipeline(self) -> bool:
+        """Whether diffusers runs this model with LatentConsistencyModel*Pipeline (its own img2img strength rule)."""
+        return self.manifest.family == "lcm"
+
+    def steps_run(self, request: Request) -> int:
+        """The steps the sampler loop runs: all of them, or image-to-image's share of them (as diffusers)."""
+        if request.init_image is None:
+            return make_schedule(request.sampler, self.scheduler_config, request.steps).steps
+        return image_to_image_schedule(request.sampler, self.scheduler_config, request.steps, request.strength,
+                                       self.lcm_pipeline).steps
 
     def overlong_prompts(self, request: Request) -> dict[str, tuple[int, int]]:
         """The prompts longer than the text encoder reads, as {label: (tokens, tokens used)}."""
@@ -268,19 +257,23 @@ class Pipeline:
         w = np.full(request.batch, request.guidance - 1.0, np.float32)
         return {"timestep_cond": guidance_scale_embedding(w, self.manifest.time_cond_proj_dim)}
 
-    def _unet_prediction(self, request: Request, conditioning: dict, cfg: bool):
+    def _unet_prediction(self, request: Request, conditioning: dict, cfg: bool, extra: np.ndarray | None = None):
         """The UNet as f(x_vp, t) -> its prediction (eps or v), guided by CFG or LCM's embedding.
 
         Outside the request's guidance interval a CFG step runs the conditional half alone (one batch-1 call).
+        `extra`: channels appended to every sample (an inpainting UNet's mask and masked-image latents).
         """
         conditional = {k: v[request.batch:] if cfg and len(v) == 2 * request.batch else v
                        for k, v in conditioning.items()}
         train_timesteps = float(self.scheduler_config.get("num_train_timesteps", 1000))
 
+        def with_extra(x: np.ndarray) -> np.ndarray:
+            return x if extra is None else np.concatenate([x, np.tile(extra, (len(x) // len(extra), 1, 1, 1))], axis=1)
+
         def predict(x: np.ndarray, t: float) -> np.ndarray:
             if not (cfg and request.guides_at(t / train_timesteps)):
-                return self.unet(sample=x, timestep=np.full(len(x), t, np.float32), **conditional)
-            sample = np.concatenate([x, x])
+                return self.unet(sample=with_extra(x), timestep=np.full(len(x), t, np.float32), **conditional)
+            sample = with_extra(np.concatenate([x, x]))
             out = self.unet(sample=sample, timestep=np.full(len(sample), t, np.float32), **conditioning)
             uncond, cond = np.split(out, 2)
             return uncond + np.float32(request.guidance) * (cond - uncond)
@@ -322,13 +315,15 @@ class Pipeline:
 
         seeds = [request.seed + i for i in range(request.batch)]
         generator = TorchCompatibleNoise(seeds)
-        factor = self.manifest.vae_scale_factor
-        shape = (request.batch, self.manifest.latent_channels, request.height // factor, request.width // factor)
-        noise = generator.randn(shape)
-        model = self._denoiser(self._unet_prediction(request, conditioning, cfg))
         t0 = time.perf_counter()
-        latents = run_sampler(request.sampler, model, noise, self.scheduler_config, request.steps, generator,
-                              self._step_callback(on_step, on_denoised))
+        encoder = self.image_encoder.moments if request.init_image is not None else None
+        start = starting_point(request, self.manifest, self.scheduler_config, encoder, generator, self.lcm_pipeline)
+        if encoder is not None:
+            timings["vae_encoder"] = time.perf_counter() - t0
+        model = self._denoiser(self._unet_prediction(request, conditioning, cfg, start.unet_extra))
+        t0 = time.perf_counter()
+        latents = sample_from(request.sampler, model, start.x, start.schedule, generator,
+                              self._step_callback(on_step, on_denoised), start.blend)
         timings["denoise"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()

@@ -2,9 +2,10 @@
 
 The text is A1111's ``create_infotext`` layout: the prompt, an optional ``Negative prompt: ...``
 line, then one line of ``Key: value`` pairs joined by ", ", a value JSON-quoted when it holds a
-comma, colon or newline. After A1111's own keys come sdcpu's: ``sdcpu sampler`` (our exact sampler
-name), ``Backend``, ``Precision``, ``DeepCache``, ``VAE: tiny`` (the export's TAESD decoder), ``Family``
-and ``Version: sdcpu X.Y.Z``. Our parser is A1111's
+comma, colon or newline. A1111's keys include ``Denoising strength`` and ``Mask blur`` for image-to-image
+and inpainting. After them come sdcpu's: ``sdcpu sampler`` (our exact sampler name), ``Backend``,
+``Precision``, ``DeepCache``, ``VAE: tiny`` (the export's TAESD decoder), ``Resize mode``, ``Init image``
+and ``Mask`` (paths) with their ``SHA-256``, ``Family`` and ``Version: sdcpu X.Y.Z``. Our parser is A1111's
 ``parse_generation_parameters`` except that it keeps prompt lines unstripped, so that our prompts
 round-trip exactly, and that it takes linear time on any text. Reading the text from a PNG is
 engine/png_text.py's.
@@ -69,6 +70,13 @@ class GenerationParams:
     deepcache: int | None = None
     tiny_vae: bool = False
     guidance_interval: tuple[float, float] | None = None
+    strength: float | None = None
+    mask_blur: int | None = None
+    resize_mode: str = ""
+    init_image: str = ""
+    init_image_sha256: str = ""
+    mask: str = ""
+    mask_sha256: str = ""
 
     def __post_init__(self):
         if self.sampler not in A1111_SAMPLERS:
@@ -104,10 +112,14 @@ def parameter_items(p: GenerationParams) -> list[tuple[str, str]]:
     label, schedule = A1111_SAMPLERS[p.sampler]
     items = [("Steps", p.steps), ("Sampler", label), ("Schedule type", schedule),
              ("CFG scale", format_number(p.guidance)), ("Seed", p.seed), ("Size", f"{p.width}x{p.height}"),
-             ("Model", p.model), ("sdcpu sampler", p.sampler), ("Backend", p.backend),
+             ("Model", p.model),
+             ("Denoising strength", "" if p.strength is None else format_number(p.strength)),
+             ("Mask blur", "" if p.mask_blur is None else p.mask_blur), ("sdcpu sampler", p.sampler), ("Backend", p.backend),
              ("Precision", p.precision), ("Inference precision", p.inference_precision),
              ("DeepCache", p.deepcache or ""), ("VAE", TINY_VAE_LABEL if p.tiny_vae else ""),
              ("Guidance interval", format_interval(p.guidance_interval) if p.guidance_interval else ""),
+             ("Resize mode", p.resize_mode), ("Init image", p.init_image),
+             ("Init image SHA-256", p.init_image_sha256), ("Mask", p.mask), ("Mask SHA-256", p.mask_sha256),
              ("Family", p.model_family),
              ("Version", VERSION_PREFIX + p.sdcpu_version if p.sdcpu_version else "")]
     return [(key, str(value)) for key, value in items if str(value) != ""]
@@ -245,6 +257,13 @@ FIELD_READERS = {
     "tiny_vae": lambda fields: fields.get("VAE") == TINY_VAE_LABEL,
     "guidance_interval": lambda fields: parse_interval(fields["Guidance interval"])
     if fields.get("Guidance interval") else None,
+    "strength": lambda fields: real_number(fields, "Denoising strength") if fields.get("Denoising strength") else None,
+    "mask_blur": lambda fields: whole_number(fields, "Mask blur") if fields.get("Mask blur") else None,
+    "resize_mode": lambda fields: fields.get("Resize mode", ""),
+    "init_image": lambda fields: fields.get("Init image", ""),
+    "init_image_sha256": lambda fields: fields.get("Init image SHA-256", ""),
+    "mask": lambda fields: fields.get("Mask", ""),
+    "mask_sha256": lambda fields: fields.get("Mask SHA-256", ""),
 }
 
 

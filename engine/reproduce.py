@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sdcpu.engine.errors import UserError
+from sdcpu.engine.init_image import recorded_file
 from sdcpu.engine.png_text import read_parameters
 from sdcpu.engine.pngmeta import GenerationParams, generation_fields, params_from_text, parse_parameters, read_field
 
@@ -27,10 +28,13 @@ class Options:
     deepcache: int | None = None
     tiny_vae: bool | None = None
     guidance_interval: tuple[float, float] | None = None
+    strength: float | None = None
+    mask_blur: int | None = None
+    resize: str | None = None
 
 
-PARAMS_NAME = {"scheduler": "sampler"}  # an Options name -> its GenerationParams name, where they differ
-EMPTY_MEANS_NOT_RECORDED = ("model", "inference_precision")
+PARAMS_NAME = {"scheduler": "sampler", "resize": "resize_mode"}  # Options name -> GenerationParams name
+EMPTY_MEANS_NOT_RECORDED = ("model", "inference_precision", "resize")
 
 
 def png_text(path: Path) -> str:
@@ -88,3 +92,20 @@ def merge_from_png(given: Options, path: Path) -> Options:
     fields = png_fields(path)
     left_out = [name for name, value in vars(given).items() if value is None]
     return replace(given, **{name: recorded_option(fields, name, path) for name in left_out})
+
+
+def recorded_inputs(path: Path, init_image: str | None, mask: str | None,
+                    log=None) -> tuple[str | None, str | None]:
+    """--from: the init image and mask an image-to-image PNG was made from (engine/init_image.recorded_file
+    checks a recorded path against its SHA-256); those given win. A1111 records no paths: its img2img PNGs
+    (Denoising strength without hires fix) need --init-image."""
+    fields = png_fields(path)
+    if fields.get("Init image") or fields.get("Init image SHA-256"):
+        init_image = recorded_file(fields.get("Init image", ""), fields.get("Init image SHA-256", ""),
+                                   init_image, "init image", log)
+    elif init_image is None and fields.get("Denoising strength") and not fields.get("Hires upscale"):
+        raise UserError(f"{path} was made image-to-image (Denoising strength {fields['Denoising strength']}) "
+                        "from an image it does not name; pass --init-image FILE")
+    if fields.get("Mask") or fields.get("Mask SHA-256"):
+        mask = recorded_file(fields.get("Mask", ""), fields.get("Mask SHA-256", ""), mask, "mask", log)
+    return init_image, mask

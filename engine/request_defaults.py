@@ -6,45 +6,119 @@ each image for its PNG with `params_for`, so a seed and its options give the sam
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import sdcpu
 from sdcpu.engine.deepcache import has_deepcache_graphs
 from sdcpu.engine.errors import UserError
+from sdcpu.engine.init_image import DEFAULT_RESIZE, ImageFile, mask_array, read_image_file, resized, target_size
 from sdcpu.engine.manifest import Manifest
 from sdcpu.engine.noise import resolve_seed
-from sdcpu.engine.pipeline import FULL_INTERVAL, Pipeline, Request
+from sdcpu.engine.pipeline import Pipeline
 from sdcpu.engine.pngmeta import GenerationParams, parse_interval
+from sdcpu.engine.request import FULL_INTERVAL, Request
 from sdcpu.engine.size_limits import check_size_limits, check_size_multiple
-from sdcpu.models.registry import DEFAULT_MODEL, fast_preset, model_guidance, model_size, model_steps
+from sdcpu.models.registry import DEFAULT_MODEL, FAMILIES, fast_preset, model_guidance, model_size, model_steps
+
+
+@dataclass(frozen=True)
+class ImageInputs:
+    """--init-image and --mask as read from disk, and how to size and blur them (None: the defaults)."""
+
+    init: ImageFile
+    mask: ImageFile | None = None
+    strength: float | None = None
+    resize: str | None = None
+    mask_blur: int | None = None
+
+    @property
+    def resize_mode(self) -> str:
+        return self.resize or DEFAULT_RESIZE
+
+
+def read_image_inputs(init_image: str | Path | None, mask: str | Path | None = None, strength: float | None = None,
+                      resize: str | None = None, mask_blur: int | None = None) -> ImageInputs | None:
+    """The files behind --init-image / --mask, read and checked (one line each for a bad file); None without them."""
+    if init_image is None:
+        if mask is not None:
+            raise UserError("--mask needs --init-image: the mask says which part of that image to repaint")
+        return None
+    mask_file = read_image_file(mask, "--mask", grayscale=True) if mask is not None else None
+    return ImageInputs(read_image_file(init_image), mask_file, strength, resize, mask_blur)
+
+
+def request_size(manifest: Manifest, width: int | None, height: int | None,
+                 images: ImageInputs | None) -> tuple[int | None, int | None]:
+    """The size asked for; with an init image, the sides left out follow it (rounded down to the size multiple)."""
+    if images is None:
+        return width, height
+    return target_size(images.init.size, width, height, manifest.size_multiple)
+
+
+def image_steps(steps: int, strength: float) -> int:
+    """The fewest total steps that run `steps` of them at `strength` (int(total x strength) >= steps)."""
+    total = max(steps, int(steps / strength))
+    while int(total * strength) < steps:
+        total += 1
+    return total
 
 
 def build_request(pipe: Pipeline, prompt: str, negative_prompt: str, steps, guidance, seed: int,
                   width, height, scheduler, batch: int,
-                  guidance_interval: tuple[float, float] | None = None) -> Request:
-    """Options left out take the family's defaults and the model's native size and scheduler."""
+                  guidance_interval: tuple[float, float] | None = None, images: ImageInputs | None = None,
+                  log: Callable[[str], None] | None = None) -> Request:
+    """Options left out take the family's defaults and the model's native size and scheduler.
+
+    With an init image the size follows it, strength is the family's, and left-out steps are as many as make
+    the family's default number of steps run (diffusers runs int(steps x strength) of them)."""
     m = pipe.manifest
     default_w, default_h = model_size(m)
+    width, height = request_size(m, width, height, images)
+    width, height = default_w if width is None else width, default_h if height is None else height
     try:
         resolved_seed = resolve_seed(seed)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    extra = {}
+    if images is not None:
+        strength = FAMILIES[m.family].default_strength if images.strength is None else images.strength
+        if steps is None and not pipe.lcm_pipeline and 0 < strength <= 1:
+            steps = image_steps(model_steps(m), strength)
+        mask = None
+        if images.mask is not None:
+            mask = mask_array(images.mask, images.init, width, height, images.resize_mode, images.mask_blur or 0, log)
+        extra = dict(strength=strength, init_image=resized(images.init.pixels, width, height, images.resize_mode),
+                     mask=mask)
     return Request(
         prompt=prompt,
         negative_prompt=negative_prompt,
         steps=model_steps(m) if steps is None else steps,
         guidance=model_guidance(m) if guidance is None else guidance,
         seed=resolved_seed,
-        width=default_w if width is None else width,
-        height=default_h if height is None else height,
+        width=width,
+        height=height,
         sampler=scheduler or pipe.default_sampler(),
         batch=batch,
         guidance_interval=guidance_interval or FULL_INTERVAL,
+        **extra,
     )
 
 
-def params_for(pipe: Pipeline, request: Request, seed: int) -> GenerationParams:
+def image_fields(request: Request, images: ImageInputs | None) -> dict:
+    """The PNG fields of an image-to-image request: strength, resize mode, the files' paths and SHA-256."""
+    if images is None or request.init_image is None:
+        return {}
+    fields = dict(strength=request.strength, resize_mode=images.resize_mode,
+                  init_image=str(images.init.path.resolve()), init_image_sha256=images.init.sha256)
+    if images.mask is not None:
+        fields.update(mask_blur=images.mask_blur or 0, mask=str(images.mask.path.resolve()),
+                      mask_sha256=images.mask.sha256)
+    return fields
+
+
+def params_for(pipe: Pipeline, request: Request, seed: int, images: ImageInputs | None = None) -> GenerationParams:
     """Everything needed to reproduce one image, for its PNG text chunk."""
     m = pipe.manifest
     return GenerationParams(
@@ -53,7 +127,7 @@ def params_for(pipe: Pipeline, request: Request, seed: int) -> GenerationParams:
         height=request.height, model=pipe.folder.resolve().name, model_family=m.family, backend=m.format,
         precision=m.precision, sdcpu_version=sdcpu.__version__, inference_precision=pipe.inference_precision,
         deepcache=pipe.deepcache, tiny_vae=pipe.tiny_vae,
-        guidance_interval=recorded_interval(pipe, request),
+        guidance_interval=recorded_interval(pipe, request), **image_fields(request, images),
     )
 
 

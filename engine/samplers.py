@@ -16,6 +16,7 @@ from sdcpu.engine.denoisers import eps_from_model_output, lcm_denoised, model_ou
 from sdcpu.engine.schedules import SAMPLER_SCHEDULERS, Schedule, make_schedule
 
 Callback = Callable[[int, int, np.ndarray, np.ndarray], None]
+Blend = Callable[[int, np.ndarray], np.ndarray]
 
 
 def _require_generator(generator, sampler: str):
@@ -23,6 +24,11 @@ def _require_generator(generator, sampler: str):
     if generator is None:
         raise ValueError(f"sampler {sampler!r} draws noise every step: pass the seeded generator")
     return generator
+
+
+def _blended(blend: Blend | None, i: int, x: np.ndarray) -> np.ndarray:
+    """x after model call i, with inpainting's known region put back (`blend`), as diffusers does after each step."""
+    return x if blend is None else _f32(blend(i, x))
 
 
 def _notify(callback: Callback | None, i: int, n: int, x: np.ndarray, denoised: np.ndarray) -> None:
@@ -45,13 +51,13 @@ def vp_update(x, sigma_x, eps, source, target, sigma_next) -> np.ndarray:
     return _f32((x0 + target * eps) * (math.sqrt(1 + sigma_next**2) / math.sqrt(1 + target**2)))
 
 
-def sample_euler(model, x, schedule: Schedule, generator=None, callback=None) -> np.ndarray:
+def sample_euler(model, x, schedule: Schedule, generator=None, callback=None, blend=None) -> np.ndarray:
     """Euler method (Karras et al. 2022, Algorithm 2 without churn); diffusers' EulerDiscreteScheduler."""
     sigmas = [float(s) for s in schedule.sigmas]
     for i, t in enumerate(schedule.timesteps):
         denoised = model(x, sigmas[i], float(t))
         d = (x - denoised) / sigmas[i]
-        x = _f32(x + d * (sigmas[i + 1] - sigmas[i]))
+        x = _blended(blend, i, _f32(x + d * (sigmas[i + 1] - sigmas[i])))
         _notify(callback, i, schedule.steps, x, denoised)
     return _f32(x * schedule.final_scale)
 
@@ -62,7 +68,7 @@ def ancestral_step(sigma: float, sigma_next: float) -> tuple[float, float]:
     return math.sqrt(sigma_next**2 - sigma_up**2), sigma_up
 
 
-def sample_euler_ancestral(model, x, schedule: Schedule, generator=None, callback=None) -> np.ndarray:
+def sample_euler_ancestral(model, x, schedule: Schedule, generator=None, callback=None, blend=None) -> np.ndarray:
     """Ancestral Euler (k-diffusion); diffusers' EulerAncestralDiscreteScheduler, which draws every step."""
     generator = _require_generator(generator, "euler-a")
     sigmas = [float(s) for s in schedule.sigmas]
@@ -70,12 +76,12 @@ def sample_euler_ancestral(model, x, schedule: Schedule, generator=None, callbac
         denoised = model(x, sigmas[i], float(t))
         sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1])
         x = x + (x - denoised) / sigmas[i] * (sigma_down - sigmas[i])
-        x = _f32(x + generator.randn(x.shape) * sigma_up)
+        x = _blended(blend, i, _f32(x + generator.randn(x.shape) * sigma_up))
         _notify(callback, i, schedule.steps, x, denoised)
     return _f32(x * schedule.final_scale)
 
 
-def sample_ddim(model, x, schedule: Schedule, generator=None, callback=None) -> np.ndarray:
+def sample_ddim(model, x, schedule: Schedule, generator=None, callback=None, blend=None) -> np.ndarray:
     """DDIM with eta 0 (Song et al. 2021); diffusers' DDIMScheduler incl. its optional x0 clipping."""
     sigmas = [float(s) for s in schedule.sigmas]
     for i, t in enumerate(schedule.timesteps):
@@ -85,6 +91,7 @@ def sample_ddim(model, x, schedule: Schedule, generator=None, callback=None) -> 
             denoised = np.clip(denoised, -schedule.clip_range, schedule.clip_range)
         target = float(schedule.targets[i])
         x = _f32((denoised + target * eps) * (math.sqrt(1 + sigmas[i + 1] ** 2) / math.sqrt(1 + target**2)))
+        x = _blended(blend, i, x)
         _notify(callback, i, schedule.steps, x, denoised)
     return _f32(x * schedule.final_scale)
 
@@ -100,7 +107,7 @@ def adams_bashforth(history: list) -> np.ndarray:
     return (55 * history[-1] - 59 * history[-2] + 37 * history[-3] - 9 * history[-4]) / 24
 
 
-def sample_pndm(model, x, schedule: Schedule, generator=None, callback=None) -> np.ndarray:
+def sample_pndm(model, x, schedule: Schedule, generator=None, callback=None, blend=None) -> np.ndarray:
     """PLMS (Liu et al. 2022) as diffusers' PNDMScheduler with skip_prk_steps: a 2-call first step.
 
     Call 0 predicts with Euler, call 1 corrects from the start with the mean of both outputs (Heun-like);
@@ -121,12 +128,13 @@ def sample_pndm(model, x, schedule: Schedule, generator=None, callback=None) -> 
             history = (history + [output])[-4:]
             eps = eps_from_model_output(adams_bashforth(history), x, sigmas[j], sources[j], kind)
             x = vp_update(x, sigmas[j], eps, sources[j], targets[j], sigmas[j + 1])
+        x = _blended(blend, j, x)
         if j > 0 or n_calls == 1:
             _notify(callback, max(j - 1, 0), schedule.steps, x, denoised)
     return _f32(x * schedule.final_scale)
 
 
-def sample_dpmpp_2m(model, x, schedule: Schedule, generator=None, callback=None) -> np.ndarray:
+def sample_dpmpp_2m(model, x, schedule: Schedule, generator=None, callback=None, blend=None) -> np.ndarray:
     """DPM-Solver++(2M) (Lu et al. 2022); diffusers' DPMSolverMultistepScheduler, first order at the ends."""
     sigmas = [float(s) for s in schedule.sigmas]
     n = len(schedule.timesteps)
@@ -142,12 +150,13 @@ def sample_dpmpp_2m(model, x, schedule: Schedule, generator=None, callback=None)
                 r = math.log(sigmas[i - 1] / sigmas[i]) / h
                 d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
             x = _f32((sigmas[i + 1] / sigmas[i]) * x - math.expm1(-h) * d)
+        x = _blended(blend, i, x)
         old_denoised = denoised
         _notify(callback, i, schedule.steps, x, denoised)
     return _f32(x * schedule.final_scale)
 
 
-def sample_lcm(model, x, schedule: Schedule, generator=None, callback=None) -> np.ndarray:
+def sample_lcm(model, x, schedule: Schedule, generator=None, callback=None, blend=None) -> np.ndarray:
     """Latent consistency sampling (Luo et al. 2023); diffusers' LCMScheduler, fresh noise between steps."""
     generator = _require_generator(generator, "lcm")
     sigmas = [float(s) for s in schedule.sigmas]
@@ -158,8 +167,9 @@ def sample_lcm(model, x, schedule: Schedule, generator=None, callback=None) -> n
             x0 = np.clip(x0, -schedule.clip_range, schedule.clip_range)
         denoised = lcm_denoised(x, x0, sigmas[i], float(t), schedule.timestep_scaling)
         x = denoised if i == n - 1 else _f32(denoised + sigmas[i + 1] * generator.randn(x.shape))
+        x = _blended(blend, i, x)
         _notify(callback, i, schedule.steps, x, denoised)
-    return denoised
+    return x
 
 
 class Sampler(NamedTuple):
@@ -203,8 +213,13 @@ def default_sampler_for(config: dict) -> str:
 def run_sampler(name: str, model, noise: np.ndarray, config: dict, steps: int, generator=None,
                 callback: Callback | None = None) -> np.ndarray:
     """Build the schedule, scale the noise to x_T and run sampler `name`; returns diffusers' final latents."""
+    schedule = make_schedule(name, config, steps)
+    return sample_from(name, model, _f32(noise * schedule.init_noise_sigma), schedule, generator, callback)
+
+
+def sample_from(name: str, model, x: np.ndarray, schedule: Schedule, generator=None,
+           callback: Callback | None = None, blend: Blend | None = None) -> np.ndarray:
+    """Run sampler `name` from x (sigma space, at schedule.sigmas[0]) over `schedule`; diffusers' final latents."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
-    schedule = make_schedule(name, config, steps)
-    x = _f32(noise * schedule.init_noise_sigma)
-    return SAMPLERS[name].function(model, x, schedule, generator, callback)
+    return SAMPLERS[name].function(model, x, schedule, generator, callback, blend)

@@ -8,7 +8,7 @@ so timesteps and sigmas equal the scheduler's; everything after that is float64.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -243,12 +243,16 @@ def ddim_schedule(name: str, cfg: dict, steps: int) -> Schedule:
     return _vp_schedule(name, cfg, steps, timesteps, timesteps, targets, targets[-1])
 
 
-def pndm_schedule(name: str, cfg: dict, steps: int) -> Schedule:
-    """PNDMScheduler.set_timesteps with skip_prk_steps: the second timestep repeats for the 2-call first step."""
+def pndm_schedule(name: str, cfg: dict, steps: int, start: int = 0) -> Schedule:
+    """PNDMScheduler.set_timesteps with skip_prk_steps: the second timestep repeats for the 2-call first step.
+
+    `start` > 0: the calls from timesteps[start] on, as image-to-image runs them; PNDM counts its 2-call
+    first step from the first call it is given, so the rule applies to the shortened list."""
     n_train, ratio = cfg["num_train_timesteps"], cfg["num_train_timesteps"] // steps
     ascending = spaced_timesteps(cfg["timestep_spacing"], n_train, steps, cfg["steps_offset"])[::-1].round()
     ascending = ascending.astype(np.int64)
-    timesteps = np.concatenate([ascending[:-1], ascending[-2:-1], ascending[-1:]])[::-1].copy()
+    timesteps = np.concatenate([ascending[:-1], ascending[-2:-1], ascending[-1:]])[::-1][start:].copy()
+    steps -= start
     sources, prev = timesteps.copy(), timesteps - ratio
     if len(timesteps) > 1:
         sources[1], prev[1] = timesteps[1] + ratio, timesteps[1]
@@ -256,11 +260,18 @@ def pndm_schedule(name: str, cfg: dict, steps: int) -> Schedule:
     return _vp_schedule(name, {**cfg, "clip_sample": False}, steps, timesteps, sources, targets, targets[-1])
 
 
-def lcm_schedule(name: str, cfg: dict, steps: int) -> Schedule:
-    """LCMScheduler.set_timesteps: `steps` evenly skipped points of the original_inference_steps grid."""
+def lcm_schedule(name: str, cfg: dict, steps: int, strength: float = 1.0) -> Schedule:
+    """LCMScheduler.set_timesteps: `steps` evenly skipped points of the original_inference_steps grid.
+
+    `strength` < 1 (LCM's image-to-image pipeline) keeps only the grid's lowest `int(original * strength)`
+    points and still runs `steps` steps among them."""
     original = cfg["original_inference_steps"]
-    origin = (np.arange(1, original + 1) * (cfg["num_train_timesteps"] // original) - 1)[::-1]
+    kept = int(original * strength)
+    origin = (np.arange(1, kept + 1) * (cfg["num_train_timesteps"] // original) - 1)[::-1]
     if len(origin) // steps < 1:
+        if strength < 1:
+            raise ValueError(f"LCM at strength {strength:g} keeps {len(origin)} of its {original} timesteps, "
+                             f"fewer than {steps} steps; lower --steps or raise --strength")
         raise ValueError(f"LCM takes at most {len(origin)} steps with original_inference_steps={original}")
     timesteps = origin[np.floor(np.linspace(0, len(origin), steps, endpoint=False)).astype(np.int64)]
     targets = np.append(_vp_sigma(cfg)(timesteps[1:]), 0.0)
@@ -284,3 +295,29 @@ def make_schedule(name: str, config: dict, steps: int) -> Schedule:
         raise ValueError(f"steps must be a positive integer (got {steps})")
     cls, cfg = scheduler_config(name, config)
     return _BUILDERS[cls](name, cfg, int(steps))
+
+
+def start_index(steps: int, strength: float) -> int:
+    """diffusers' get_timesteps: image-to-image skips the first steps - int(steps * strength) of `steps`."""
+    return max(steps - min(int(steps * strength), steps), 0)
+
+
+def image_to_image_schedule(name: str, config: dict, steps: int, strength: float, lcm_pipeline: bool) -> Schedule:
+    """The part of `steps`' schedule an image-to-image run of `strength` runs, as diffusers' pipelines cut it.
+
+    StableDiffusion(XL)Img2Img/Inpaint run `int(steps * strength)` steps from timesteps[t_start] on (with
+    set_begin_index); LatentConsistencyModelImg2ImgPipeline (`lcm_pipeline`) instead passes strength to
+    LCMScheduler.set_timesteps and runs all `steps`. ValueError when nothing would run.
+    """
+    cls, cfg = scheduler_config(name, config)
+    if lcm_pipeline and cls == "LCMScheduler":
+        return lcm_schedule(name, cfg, int(steps), strength)
+    start = start_index(int(steps), strength)
+    if start >= steps:
+        raise ValueError(f"strength {strength:g} runs no step of {steps} (int(steps x strength) = 0); "
+                         "raise --strength or --steps")
+    if cls == "PNDMScheduler":
+        return pndm_schedule(name, cfg, int(steps), start)
+    full = make_schedule(name, config, steps)
+    return replace(full, steps=full.steps - start, timesteps=full.timesteps[start:], sigmas=full.sigmas[start:],
+                   sources=full.sources[start:], targets=full.targets[start:])

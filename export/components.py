@@ -83,6 +83,19 @@ class VaeDecoderGraph(torch.nn.Module):
         return self.vae.decode(latent_sample, return_dict=False)[0]
 
 
+class VaeEncoderGraph(torch.nn.Module):
+    """AutoencoderKL encoder incl. quant_conv: image in [-1, 1] -> the posterior's moments (mean, log variance).
+
+    The runtime samples the posterior with its seeded generator, as diffusers' `latent_dist.sample(generator)`."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, sample):
+        return self.vae.encode(sample, return_dict=False)[0].parameters
+
+
 class TinyVaeDecoderGraph(torch.nn.Module):
     """AutoencoderTiny (TAESD) decoder with vae_decoder's signature: latents / the main VAE's scaling_factor -> [-1, 1].
 
@@ -204,6 +217,25 @@ def _decoder_spec(name: str, module: torch.nn.Module, channels: int, scale: floa
 def vae_decoder_spec(vae) -> ComponentSpec:
     """Spec for the VAE decoder at a small latent size."""
     return _decoder_spec("vae_decoder", VaeDecoderGraph(vae), vae.config.latent_channels)
+
+
+def vae_encoder_spec(vae) -> ComponentSpec:
+    """Spec for the VAE encoder on small images in [-1, 1]: input `sample`, output `latent_parameters`."""
+    gen = torch.Generator().manual_seed(3)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    sizes = [(1, 8 * factor, 8 * factor), (2, 12 * factor, 8 * factor)]
+    images = [torch.rand(b, 3, h, w, generator=gen) * 2 - 1 for b, h, w in sizes]
+    return ComponentSpec(
+        name="vae_encoder",
+        module=VaeEncoderGraph(vae).eval(),
+        inputs={"sample": images[0]},
+        dynamic_axes={
+            "sample": {0: "batch", 2: "image_height", 3: "image_width"},
+            "latent_parameters": {0: "batch", 2: "height", 3: "width"},
+        },
+        outputs=["latent_parameters"],
+        parity_inputs=[{"sample": x} for x in images],
+    )
 
 
 def tiny_vae_decoder_spec(tiny, main_scaling_factor: float) -> ComponentSpec:

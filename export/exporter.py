@@ -22,6 +22,7 @@ from sdcpu.export.components import (
     tiny_vae_decoder_spec,
     unet_spec,
     vae_decoder_spec,
+    vae_encoder_spec,
 )
 from sdcpu.export.convert import consolidate_onnx, export_onnx, onnx_to_openvino
 from sdcpu.export.options import ExportOptions
@@ -102,7 +103,7 @@ def _manifest(src, family: str, options: ExportOptions, entries, out_dir: Path) 
         vae_scale_factor=vae_scale,
         vae_scaling_factor=float(vae["scaling_factor"]),
         vae_precision=entries["vae_decoder"].precision,
-        latent_channels=int(unet["in_channels"]),
+        latent_channels=int(vae["latent_channels"]),
         time_cond_proj_dim=unet.get("time_cond_proj_dim"),
         force_zeros_for_empty_prompt=bool(src.index.get("force_zeros_for_empty_prompt", False)),
         random_weights=src.source.startswith("random-weights:"),
@@ -133,6 +134,7 @@ def _spec_makers(src, family: str, deepcache: bool = False, tiny_vae: str | None
         yield lambda: deep_unet_spec(src.load("unet"))
         yield lambda: shallow_unet_spec(src.load("unet"))
     yield lambda: vae_decoder_spec(src.load("vae"))
+    yield lambda: vae_encoder_spec(src.load("vae"))
     if tiny_vae:
         vae = src.config("vae")
         yield lambda: tiny_vae_decoder_spec(load_tiny_vae(tiny_vae, int(vae["latent_channels"])),
@@ -216,7 +218,7 @@ def _apply_static(staging: Path, family: str, options: ExportOptions, entries: d
 
 def export_model(source: str | None, out_dir: Path, options: ExportOptions | None = None,
                  log: Log = print, **option_values) -> Manifest:
-    """Export the text encoder(s), UNet and VAE decoder of `source` into `out_dir` (see ExportOptions)."""
+    """Export the text encoder(s), UNet, VAE decoder and encoder of `source` into `out_dir` (see ExportOptions)."""
     options = options or ExportOptions(**option_values)
     out_dir = Path(out_dir).expanduser().resolve()
     options.check(out_dir)
@@ -225,6 +227,9 @@ def export_model(source: str | None, out_dir: Path, options: ExportOptions | Non
     src = open_source(source, options.random_weights, options.family, options.config,
                       options.lora, options.lora_scale, options.lcm_lora)
     family = _check_supported(src)
+    if family == "sd15-inpaint" and needs_calibration(options.fmt, options.precision, options.quant):
+        raise UserError("int8 calibration records text-to-image runs, which an inpainting UNet cannot make; "
+                        "export it as fp32, fp16 or OpenVINO int8 weights (--quant weights)")
     if options.tiny_vae:
         check_tiny_vae(options.tiny_vae, src.config("vae"))
     label = options.precision + (" hybrid" if options.quant == "hybrid" else "")

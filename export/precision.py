@@ -44,8 +44,8 @@ def describe(fmt: str, precision: str, quant: str, sdxl: bool) -> str:
 
 
 def component_precision(name: str, fmt: str, precision: str, sdxl: bool) -> str:
-    """The precision a component ends up in (SDXL's VAE stays fp32 in ONNX fp16)."""
-    if precision == "fp16" and fmt == "onnx" and sdxl and name == "vae_decoder":
+    """The precision a component ends up in (SDXL's VAE, decoder and encoder, stays fp32 in ONNX fp16)."""
+    if precision == "fp16" and fmt == "onnx" and sdxl and name in ("vae_decoder", "vae_encoder"):
         return "fp32"
     return precision
 

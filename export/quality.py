@@ -19,15 +19,27 @@ def image_psnr_db(reference: np.ndarray, test: np.ndarray) -> float:
     return math.inf if rmse == 0 else 20 * math.log10(255.0 / rmse)
 
 
+def inpainting_inputs(size: tuple[int, int]) -> dict:
+    """What an inpainting model needs to draw at all: a gradient image with its centre masked, strength 1."""
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width]
+    image = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), np.full_like(x, 128)], axis=-1)
+    mask = np.zeros((height, width), np.float32)
+    mask[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = 1.0
+    return {"init_image": image.astype(np.uint8), "mask": mask, "strength": 1.0}
+
+
 def _render(model_dir: Path, size: tuple[int, int], steps: int | None) -> tuple[np.ndarray, int]:
+    from sdcpu.engine.img2img import is_inpainting_model
     from sdcpu.engine.pipeline import Pipeline, Request
     from sdcpu.models.registry import model_guidance, model_steps
 
     pipe = Pipeline.load(model_dir, compile_cache=False)
     steps = steps or min(model_steps(pipe.manifest), MAX_QUALITY_STEPS)
     guidance = model_guidance(pipe.manifest)
+    inputs = inpainting_inputs(size) if is_inpainting_model(pipe.manifest) else {}
     request = Request(prompt=QUALITY_PROMPT, negative_prompt="", steps=steps, guidance=guidance,
-                      seed=QUALITY_SEED, width=size[0], height=size[1], sampler=pipe.default_sampler())
+                      seed=QUALITY_SEED, width=size[0], height=size[1], sampler=pipe.default_sampler(), **inputs)
     image = pipe.generate(request).images[0]
     del pipe
     gc.collect()

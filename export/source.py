@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from sdcpu.engine.errors import UserError
+from sdcpu.engine.img2img import INPAINT_UNET_CHANNELS
 from sdcpu.export.hub import HubModel
 from sdcpu.export.source_safety import (
     COMPONENT_CLASSES,
@@ -214,13 +215,16 @@ class LoraSource:
 
 
 def detect_family(unet_config: dict, scheduler_config: dict, has_text_encoder_2: bool) -> str:
-    """sdxl-turbo / sdxl with a second text encoder, lcm with a guidance-embedding UNet, else sd15."""
+    """sdxl-turbo / sdxl with a second text encoder, sd15-inpaint with a 9-channel UNet (latents + mask +
+    masked-image latents), lcm with a guidance-embedding UNet, else sd15."""
     lcm_scheduler = scheduler_config.get("_class_name") == "LCMScheduler"
     if has_text_encoder_2:
         if lcm_scheduler:
             return "sdxl-lcm"
         trailing = scheduler_config.get("timestep_spacing") == "trailing"
         return "sdxl-turbo" if trailing else "sdxl"
+    if unet_config.get("in_channels") == INPAINT_UNET_CHANNELS:
+        return "sd15-inpaint"
     if unet_config.get("time_cond_proj_dim") is not None:
         return "lcm"
     if lcm_scheduler:

@@ -24,9 +24,11 @@ def static_input_shapes(entries: dict[str, ComponentEntry], width: int, height: 
             shapes[name] = {"input_ids": [1, 77]}
         elif name.startswith("vae_decoder"):
             shapes[name] = {"latent_sample": [1, latent_channels, *latent]}
+        elif name == "vae_encoder":
+            shapes[name] = {"sample": [1, 3, height, width]}
         else:
             unet = {k: [rows, *v["shape"][1:]] for k, v in entry.inputs.items()}
-            unet["sample"] = [rows, latent_channels, *latent]
+            unet["sample"] = [rows, entry.inputs["sample"]["shape"][1], *latent]
             shapes[name] = unet
     for name, inputs in shapes.items():
         for key, shape in inputs.items():

@@ -42,18 +42,18 @@ SDXL_TURBO_SCHEDULER = {
     "steps_offset": 1,
     "timestep_spacing": "trailing",
 }
-TINY_FAMILIES = ("sd15", "lcm", "sdxl-turbo")
+TINY_FAMILIES = ("sd15", "lcm", "sdxl-turbo", "sd15-inpaint")
 TINY_UNET_SHAPE = dict(
     sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
 )
 
 
-def _tiny_unet(time_cond_proj_dim: int | None):
-    """UNet2DConditionModel with SD1.5's block types at 32/64 channels."""
+def _tiny_unet(time_cond_proj_dim: int | None, in_channels: int = 4):
+    """UNet2DConditionModel with SD1.5's block types at 32/64 channels (9 input channels: an inpainting UNet)."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        **TINY_UNET_SHAPE,
+        **{**TINY_UNET_SHAPE, "in_channels": in_channels},
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32,
@@ -126,14 +126,21 @@ def _tokenizer(folder: Path, pad_token: str = "<|endoftext|>"):
 
 
 def _sd15_like(out_dir: Path, family: str, seed: int):
-    """StableDiffusionPipeline (PNDM) or LatentConsistencyModelPipeline (LCM, guidance embedding)."""
+    """StableDiffusionPipeline (PNDM), StableDiffusionInpaintPipeline (9-channel UNet) or
+    LatentConsistencyModelPipeline (LCM, guidance embedding)."""
     import torch
-    from diffusers import LatentConsistencyModelPipeline, LCMScheduler, PNDMScheduler, StableDiffusionPipeline
+    from diffusers import (
+        LatentConsistencyModelPipeline,
+        LCMScheduler,
+        PNDMScheduler,
+        StableDiffusionInpaintPipeline,
+        StableDiffusionPipeline,
+    )
 
     tokenizer = _tokenizer(out_dir / "tokenizer")
     is_lcm = family == "lcm"
     torch.manual_seed(seed)
-    unet = _tiny_unet(time_cond_proj_dim=32 if is_lcm else None)
+    unet = _tiny_unet(time_cond_proj_dim=32 if is_lcm else None, in_channels=9 if family == "sd15-inpaint" else 4)
     torch.manual_seed(seed + 1)
     vae = _tiny_vae()
     torch.manual_seed(seed + 2)
@@ -141,7 +148,8 @@ def _sd15_like(out_dir: Path, family: str, seed: int):
                  safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if is_lcm:
         return LatentConsistencyModelPipeline(**parts, scheduler=LCMScheduler.from_config(LCM_SCHEDULER))
-    return StableDiffusionPipeline(**parts, scheduler=PNDMScheduler.from_config(SD15_SCHEDULER))
+    cls = StableDiffusionInpaintPipeline if family == "sd15-inpaint" else StableDiffusionPipeline
+    return cls(**parts, scheduler=PNDMScheduler.from_config(SD15_SCHEDULER))
 
 
 def _sdxl_turbo(out_dir: Path, seed: int):
@@ -167,7 +175,7 @@ def _sdxl_turbo(out_dir: Path, seed: int):
 
 
 def build_tiny_pipeline(out_dir: Path, family: str = "sd15", seed: int = 0) -> Path:
-    """Write a tiny random diffusers pipeline folder for `family` (sd15, lcm or sdxl-turbo)."""
+    """Write a tiny random diffusers pipeline folder for `family` (sd15, lcm, sdxl-turbo or sd15-inpaint)."""
     from sdcpu.export.source import quiet_libraries
 
     quiet_libraries()

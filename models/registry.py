@@ -23,6 +23,7 @@ class Family:
     scheduler: str
     latent_space: str
     notes: str
+    default_strength: float = 0.75
 
 
 FAMILIES: dict[str, Family] = {
@@ -36,6 +37,18 @@ FAMILIES: dict[str, Family] = {
         scheduler="the model's own (PNDM for SD1.5)",
         latent_space="sd",
         notes="classifier-free guidance with the negative prompt; scheduler from the model's config",
+    ),
+    "sd15-inpaint": Family(
+        name="sd15-inpaint",
+        title="Stable Diffusion 1.x inpainting (9-channel UNet)",
+        default_steps=25,
+        default_guidance=7.5,
+        useful_steps=(15, 50),
+        default_size=(512, 512),
+        scheduler="the model's own (PNDM for SD1.5)",
+        latent_space="sd",
+        notes="needs --init-image and --mask; the UNet sees the mask and the masked image; strength 1 by default",
+        default_strength=1.0,
     ),
     "lcm": Family(
         name="lcm",

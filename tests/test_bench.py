@@ -29,7 +29,7 @@ FLOPS_KEYS = {"per_call", "batch", "cfg", "by_op"}
 OP_KEYS = {"Convolution", "GroupConvolution", "MatMul", "ScaledDotProductAttention"}
 FIT_KEYS = {"sampler", "a_s", "b_s_per_step", "step_counts"}
 ROW_KEYS = {"sampler", "steps", "runs", "warmup", "text_encoder", "step_median", "step_min", "step_p90", "step_max",
-            "unet_calls", "unet_call_median", "denoise", "vae_decoder", "total_median", "first_call",
+            "unet_calls", "unet_call_median", "denoise", "vae_decoder", "total_median", "first_call", "vae_encoder",
             "unet_flops_per_step", "unet_tflops"}
 
 

@@ -100,13 +100,14 @@ def test_openvino_int8_ir_holds_int8_weights(reduced_exports, family, quant):
         assert int8 > 4 * counts.get("f32", 0), (name, counts)
 
 
-def test_onnx_fp16_keeps_the_sdxl_vae_fp32(reduced_exports):
+def test_onnx_fp16_keeps_the_sdxl_vae_fp32_both_ways(reduced_exports):
     folder = reduced_exports[0]["sdxl-turbo", ("onnx", "fp16", "weights")]
     manifest = load_manifest(folder)
-    assert manifest.vae_precision == "fp32" and manifest.components["vae_decoder"].precision == "fp32"
-    assert manifest.components["unet"].precision == "fp16"
-    vae = onnx.load(str(folder / "vae_decoder" / "model.onnx"))
-    assert {init.data_type for init in vae.graph.initializer} == {onnx.TensorProto.FLOAT}
+    assert manifest.vae_precision == "fp32" and manifest.components["unet"].precision == "fp16"
+    for name in ("vae_decoder", "vae_encoder"):
+        assert manifest.components[name].precision == "fp32"
+        vae = onnx.load(str(folder / name / "model.onnx"))
+        assert {init.data_type for init in vae.graph.initializer} == {onnx.TensorProto.FLOAT}
 
 
 def test_openvino_hybrid_quantizes_unet_activations(reduced_exports):

@@ -172,9 +172,10 @@ def test_export_marks_only_its_final_manifest_complete(tiny_exports):
 
 
 def test_models_exported_before_the_completion_field_still_load(tmp_path):
-    assert "complete" not in json.loads((DEFAULT_MODEL / MANIFEST_NAME).read_text())
-    assert load_manifest(DEFAULT_MODEL).complete is None
     unmarked = copy_model(DEFAULT_MODEL, tmp_path / "old-export")
+    edit_manifest(unmarked, lambda data: data.pop("complete", None))
+    assert "complete" not in json.loads((unmarked / MANIFEST_NAME).read_text())
+    assert load_manifest(unmarked).complete is None
     assert load_manifest(unmarked).name == "sdcpu-shapes"
     assert [m.name for m in find_models([tmp_path])] == ["old-export"]
 

@@ -28,11 +28,11 @@ MAX_MEAN_ABS_DIFF = 1.0  # in uint8 levels, i.e. 1/255
 
 @functools.lru_cache(maxsize=None)
 def reference_image(source: str, **request) -> np.ndarray:
-    return reference_images(_reference_pipe(source), **request)
+    return reference_images(reference_pipe(source), **request)
 
 
 @functools.lru_cache(maxsize=None)
-def _reference_pipe(source: str):
+def reference_pipe(source: str):
     return load_reference(source)
 
 

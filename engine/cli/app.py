@@ -41,6 +41,24 @@ FAST_HELP = (
     "--deepcache 2), kept by measurement (bench/RESULTS.md: speed and shapes-model match). DeepCache needs an "
     "export made with --deepcache (or `sdcpu export --fast`)."
 )
+INIT_IMAGE_HELP = (
+    "Start from this picture instead of noise (image-to-image, as diffusers' Img2Img pipelines): it is resized to "
+    "--width/--height (default: its own size rounded down to a multiple of 8), encoded, and noised to --strength."
+)
+STRENGTH_HELP = (
+    "How much of the init image is repainted, in (0, 1]: int(steps x strength) of the steps run, from that noise "
+    "level (1 = all noise). Default 0.75 (1 for inpainting models); left-out --steps grow so that the family's "
+    "default number of steps runs. LCM models keep all --steps on a shorter schedule, as diffusers' LCM does."
+)
+MASK_HELP = (
+    "Inpaint: a picture the size of the init image, white = repaint, black = keep. Inpainting models (9-channel "
+    "UNet) see it; other models get the kept part put back after every step (diffusers' StableDiffusionInpaintPipeline)."
+)
+MASK_BLUR_HELP = "Blur the mask by this many pixels (Gaussian, as A1111) for a soft seam. Default 0 (a sharp mask, as diffusers)."
+RESIZE_HELP = (
+    "When --width/--height give another aspect than the init image's: stretch (A1111's 'Just resize', the "
+    "default), crop ('Crop and resize': fill, cut the centre) or fit ('Resize and fill': fit inside, edges extended)."
+)
 STATIC_SHAPES_HELP = (
     "OpenVINO: compile every graph for the image size about to be made (one row; CFG halves and batches run "
     "row by row), 1.14x faster UNet calls than dynamic shapes (bench/RESULTS.md); a new size recompiles once, "
@@ -149,11 +167,17 @@ def generate(
     guidance_interval: Optional[str] = typer.Option(None, "--guidance-interval", help=GUIDANCE_INTERVAL_HELP),
     static_shapes: bool = typer.Option(True, "--static-shapes/--dynamic-shapes", help=STATIC_SHAPES_HELP),
     fast: bool = typer.Option(False, "--fast", help=FAST_HELP),
+    init_image: Optional[Path] = typer.Option(None, "--init-image", help=INIT_IMAGE_HELP),
+    strength: Optional[float] = typer.Option(None, "--strength", help=STRENGTH_HELP),
+    mask: Optional[Path] = typer.Option(None, "--mask", help=MASK_HELP),
+    mask_blur: Optional[int] = typer.Option(None, "--mask-blur", help=MASK_BLUR_HELP),
+    resize: Optional[str] = typer.Option(None, "--resize", help=RESIZE_HELP),
 ):
-    """Generate images from PROMPT with an exported model.
+    """Generate images from PROMPT with an exported model, from noise or from --init-image.
 
     Options left out take the model family's defaults (see `sdcpu models`). Try an idea at few
     steps, then re-run the seed you like with more: `sdcpu generate --from sdcpu.png --steps 30`.
+    Restyle a picture: `--init-image photo.png --strength 0.6`; repaint part of it: add `--mask mask.png`.
     """
     from sdcpu.engine.cli.generate import run_generate
 
@@ -163,6 +187,7 @@ def generate(
         compile_cache=compile_cache, from_image=from_image, interactive=interactive,
         preview_every=preview_every, preview=preview, inference_precision=inference_precision, deepcache=deepcache,
         tiny_vae=tiny_vae, guidance_interval=guidance_interval, static_shapes=static_shapes, fast=fast,
+        init_image=init_image, strength=strength, mask=mask, mask_blur=mask_blur, resize=resize,
     )
 
 
@@ -207,11 +232,16 @@ def grid(
     guidance_interval: Optional[str] = typer.Option(None, "--guidance-interval", help=GUIDANCE_INTERVAL_HELP),
     static_shapes: bool = typer.Option(True, "--static-shapes/--dynamic-shapes", help=STATIC_SHAPES_HELP),
     fast: bool = typer.Option(False, "--fast", help=FAST_HELP),
+    init_image: Optional[Path] = typer.Option(None, "--init-image", help=INIT_IMAGE_HELP),
+    strengths: Optional[str] = typer.Option(None, "--strengths", help="With --init-image: comma-separated strengths in (0, 1], one column each (instead of step counts), e.g. 0.3,0.5,0.7; --steps then gives one count."),
+    mask: Optional[Path] = typer.Option(None, "--mask", help=MASK_HELP),
+    mask_blur: Optional[int] = typer.Option(None, "--mask-blur", help=MASK_BLUR_HELP),
+    resize: Optional[str] = typer.Option(None, "--resize", help=RESIZE_HELP),
 ):
     """Render PROMPT for every step count x seed x guidance (at most 64 cells) as a labelled contact sheet.
 
-    Rows are seeds (or (seed, guidance) pairs), columns step counts; each cell is captioned with its time.
-    The prompt is encoded once for the whole grid.
+    Rows are seeds (or (seed, guidance) pairs), columns step counts, or img2img strengths with --strengths;
+    each cell is captioned with its time. The prompt, and an init image, are encoded once for the whole grid.
     """
     from sdcpu.engine.cli.grid import run_grid
 
@@ -219,7 +249,8 @@ def grid(
         prompt=prompt, model=model, steps=steps, seeds=seeds, guidance=guidance, negative_prompt=negative_prompt,
         width=width, height=height, scheduler=scheduler, output=output, compile_cache=compile_cache,
         inference_precision=inference_precision, deepcache=deepcache, tiny_vae=tiny_vae,
-        guidance_interval=guidance_interval, static_shapes=static_shapes, fast=fast,
+        guidance_interval=guidance_interval, static_shapes=static_shapes, fast=fast, init_image=init_image,
+        strengths=strengths, mask=mask, mask_blur=mask_blur, resize=resize,
     )
 
 
@@ -266,6 +297,8 @@ def bench(
     guidance_interval: Optional[str] = typer.Option(None, "--guidance-interval", help=GUIDANCE_INTERVAL_HELP),
     static_shapes: bool = typer.Option(True, "--static-shapes/--dynamic-shapes", help=STATIC_SHAPES_HELP),
     fast: bool = typer.Option(False, "--fast", help=FAST_HELP),
+    init_image: Optional[Path] = typer.Option(None, "--init-image", help="Time image-to-image from this picture (at its own size, rounded down to a multiple of 8): the VAE encoder is timed on every run, and --steps are the total steps (int(steps x strength) run)."),
+    strength: Optional[float] = typer.Option(None, "--strength", help="With --init-image: " + STRENGTH_HELP),
 ):
     """Time text encoder, UNet per step, VAE and total over step counts and schedulers, or with --quality score the shapes model.
 
@@ -277,7 +310,8 @@ def bench(
               seeds=seeds, guidance=guidance, runs=runs, json_path=json_path, quality=quality,
               compile_cache=compile_cache, warmup=warmup, plot_path=plot_path,
               inference_precision=inference_precision, deepcache=deepcache, tiny_vae=tiny_vae,
-              guidance_interval=guidance_interval, static_shapes=static_shapes, fast=fast)
+              guidance_interval=guidance_interval, static_shapes=static_shapes, fast=fast, init_image=init_image,
+              strength=strength)
 
 
 @app.command()

@@ -29,7 +29,13 @@ from sdcpu.engine.measure.latency import LATENCY_PROMPT, measure_latency
 from sdcpu.engine.measure.quality import QualityRow, quality_json, quality_table, request_for, sweep
 from sdcpu.engine.noise import SEED_LIMIT
 from sdcpu.engine.pipeline import Pipeline
-from sdcpu.engine.request_defaults import fast_options, load_size, parse_guidance_interval
+from sdcpu.engine.request_defaults import (
+    fast_options,
+    load_size,
+    parse_guidance_interval,
+    read_image_inputs,
+    request_size,
+)
 from sdcpu.engine.samplers import SAMPLERS
 from sdcpu.models.shapes.grammar import evaluation_prompts, parse_caption
 
@@ -140,9 +146,10 @@ def write_outputs(report: LatencyReport, json_path: Path | None, plot_path: Path
 
 def run_latency(pipe: Pipeline, model: Path, steps_list, samplers, guidance, runs: int, json_path,
                 warmup: int = 1, plot_path: Path | None = None, compile_s: float = 0.0,
-                compile_cache: bool = True, interval: tuple[float, float] | None = None) -> None:
-    """Seconds per component and per step for each scheduler x step count after `warmup` untimed calls."""
-    requests = [request_for(pipe, LATENCY_PROMPT, steps, sampler, guidance, interval=interval)
+                compile_cache: bool = True, interval: tuple[float, float] | None = None, images=None) -> None:
+    """Seconds per component and per step for each scheduler x step count after `warmup` untimed calls
+    (with `images`: image-to-image from that init image, its encoder timed on every run)."""
+    requests = [request_for(pipe, LATENCY_PROMPT, steps, sampler, guidance, interval=interval, images=images)
                 for sampler in samplers for steps in steps_list]
     for request in requests:
         pipe.validate(request)
@@ -168,7 +175,8 @@ def run_bench(model: Path, steps: str, schedulers: str | None, prompts: int | No
               seeds: str, guidance: float | None, runs: int, json_path: Path | None, quality: bool,
               compile_cache: bool = True, warmup: int = 1, plot_path: Path | None = None,
               inference_precision: str | None = None, deepcache: int | None = None, tiny_vae: bool = False,
-              guidance_interval: str | None = None, static_shapes: bool = True, fast: bool = False) -> None:
+              guidance_interval: str | None = None, static_shapes: bool = True, fast: bool = False,
+              init_image: Path | None = None, strength: float | None = None) -> None:
     """Check every option, load the model once, then time it or evaluate it."""
     interval = parse_guidance_interval(guidance_interval)
     steps_list = parse_ints(steps, "--steps", 1)
@@ -183,6 +191,9 @@ def run_bench(model: Path, steps: str, schedulers: str | None, prompts: int | No
         raise UserError("--plot charts the timings; it does not apply to --quality")
     check_output(json_path, "--json")
     check_output(plot_path, "--plot", ".png")
+    if init_image is not None and quality:
+        raise UserError("--init-image times image-to-image; --quality scores text-to-image on the shapes model")
+    images = read_image_inputs(init_image, None, strength)
     started = time.perf_counter()
     folder = resolve_model(model)
     manifest = load_manifest(folder)
@@ -190,7 +201,7 @@ def run_bench(model: Path, steps: str, schedulers: str | None, prompts: int | No
         deepcache, interval = fast_options(folder, manifest, deepcache, interval, lambda line: typer.echo(line, err=True))
     pipe = Pipeline.load(folder, compile_cache=compile_cache, inference_precision=inference_precision,
                          deepcache=deepcache, tiny_vae=tiny_vae, log=lambda line: typer.echo(line, err=True),
-                         size=load_size(manifest, None, None, static_shapes))
+                         size=load_size(manifest, *request_size(manifest, None, None, images), static_shapes))
     compile_s = time.perf_counter() - started
     if names is None:
         names = [pipe.default_sampler()]
@@ -200,4 +211,4 @@ def run_bench(model: Path, steps: str, schedulers: str | None, prompts: int | No
         run_quality(pipe, model, steps_list, names, prompt_list, seed_list, guidance, json_path, interval)
     else:
         run_latency(pipe, model, steps_list, names, guidance, runs, json_path, warmup, plot_path, compile_s,
-                    compile_cache, interval)
+                    compile_cache, interval, images)

@@ -24,7 +24,7 @@ from sdcpu.engine.manifest import Manifest, load_manifest
 from sdcpu.engine.pipeline import Pipeline, Request
 from sdcpu.engine.pngmeta import save_png
 from sdcpu.engine.preview import check_preview_options, preview_kind, preview_paths, preview_writer
-from sdcpu.engine.reproduce import Options, merge_from_png
+from sdcpu.engine.reproduce import Options, merge_from_png, recorded_inputs
 from sdcpu.engine.request_defaults import (
     build_request,
     default_model,
@@ -32,6 +32,8 @@ from sdcpu.engine.request_defaults import (
     load_size,
     params_for,
     parse_guidance_interval,
+    read_image_inputs,
+    request_size,
 )
 from sdcpu.models.registry import step_advice
 
@@ -60,11 +62,25 @@ def progress_bar(steps: int, desc: str = "denoising") -> tqdm:
 def _report_timings(result, steps: int) -> None:
     t = result.timings
     per_step = t["denoise"] / steps
+    encoder = f"VAE encoder {t['vae_encoder']:.2f} s, " if "vae_encoder" in t else ""
     typer.echo(
-        f"text encoder {t['text_encoder']:.2f} s, UNet {t['denoise']:.2f} s ({per_step:.3f} s/step), "
+        f"text encoder {t['text_encoder']:.2f} s, {encoder}UNet {t['denoise']:.2f} s ({per_step:.3f} s/step), "
         f"VAE {t['vae_decoder']:.2f} s, total {t['total']:.2f} s",
         err=True,
     )
+
+
+def _note(line: str) -> None:
+    typer.echo(line if line.startswith("note:") else f"note: {line}", err=True)
+
+
+def image_files(init_image, mask, from_image: Path | None):
+    """--init-image and --mask, or (with --from) the files the PNG records when they are still there unchanged."""
+    init_image = None if init_image is None else str(init_image)
+    mask = None if mask is None else str(mask)
+    if from_image is not None:
+        init_image, mask = recorded_inputs(from_image, init_image, mask, _note)
+    return init_image, mask
 
 
 def resolve_options(given: Options, from_image: Path | None, interactive: bool) -> Options:
@@ -105,9 +121,11 @@ def _notes(pipe: Pipeline, request: Request, seed_given: int | None) -> None:
         note("this model has random weights (a benchmark stand-in); its images are noise")
     elif pipe.tiny_vae and (pipe.manifest.tiny_vae or "").startswith("random-weights:"):
         note("this export's tiny VAE has random weights (a benchmark stand-in); its images are noise")
-    advice = step_advice(pipe.manifest.family, request.steps)
+    advice = step_advice(pipe.manifest.family, pipe.steps_run(request))
     if advice:
         note(advice)
+    if request.init_image is not None and not pipe.lcm_pipeline:
+        note(f"image-to-image at strength {request.strength:g}: {pipe.steps_run(request)} of {request.steps} steps run")
     if request.negative_prompt and not pipe.uses_cfg(request.guidance):
         note("the negative prompt is unused without classifier-free guidance")
     for label, (count, limit) in pipe.overlong_prompts(request).items():
@@ -134,16 +152,21 @@ def run_generate(prompt: str | None = None, model=None, negative_prompt: str | N
                  interactive: bool = False, preview_every: int | None = None,
                  preview: str = "linear", inference_precision: str | None = None,
                  deepcache: int | None = None, tiny_vae: bool | None = None,
-                 guidance_interval: str | None = None, static_shapes: bool = True, fast: bool = False) -> list[Path]:
+                 guidance_interval: str | None = None, static_shapes: bool = True, fast: bool = False,
+                 init_image: Path | None = None, strength: float | None = None, mask: Path | None = None,
+                 mask_blur: int | None = None, resize: str | None = None) -> list[Path]:
     """Resolve options (--from, terminal), load, generate with a progress bar, write one PNG per image."""
     check_preview_options(preview_every, preview)
     given = Options(prompt=prompt, negative_prompt=negative_prompt, model=None if model is None else str(model),
                     steps=steps, guidance=guidance, seed=seed, width=width, height=height, scheduler=scheduler,
                     inference_precision=inference_precision, deepcache=deepcache, tiny_vae=tiny_vae,
-                    guidance_interval=parse_guidance_interval(guidance_interval))
+                    guidance_interval=parse_guidance_interval(guidance_interval), strength=strength,
+                    mask_blur=mask_blur, resize=resize)
     o = resolve_options(given, from_image, interactive)
+    images = read_image_inputs(*image_files(init_image, mask, from_image), o.strength, o.resize, o.mask_blur)
     folder = resolve_model(o.model)
     manifest = load_manifest(folder)
+    width, height = request_size(manifest, o.width, o.height, images)
     if fast:
         deepcache, interval = fast_options(folder, manifest, o.deepcache, o.guidance_interval,
                                            lambda line: typer.echo(line, err=True))
@@ -153,24 +176,25 @@ def run_generate(prompt: str | None = None, model=None, negative_prompt: str | N
     pipe = Pipeline.load(folder, compile_cache=compile_cache,
                          inference_precision=_precision_for(manifest, o.inference_precision, inference_precision),
                          deepcache=o.deepcache, tiny_vae=bool(o.tiny_vae), log=lambda line: typer.echo(line, err=True),
-                         size=load_size(manifest, o.width, o.height, static_shapes))
+                         size=load_size(manifest, width, height, static_shapes))
     request = build_request(pipe, o.prompt, o.negative_prompt or "", o.steps, o.guidance,
-                            -1 if o.seed is None else o.seed, o.width, o.height, o.scheduler, batch,
-                            o.guidance_interval)
+                            -1 if o.seed is None else o.seed, width, height, o.scheduler, batch,
+                            o.guidance_interval, images, _note)
     pipe.validate(request)
     seeds = [request.seed + i for i in range(batch)]
     paths = output_paths(target, seeds)
-    previews = request.steps // preview_every if preview_every else 0
+    steps_run = pipe.steps_run(request)
+    previews = steps_run // preview_every if preview_every else 0
     needed = png_bytes_bound(request.width, request.height, batch * (1 + previews))
     check_free_space(target, needed)
     pipe.fit_static_shapes(request, log=lambda line: typer.echo(line, err=True))
     _notes(pipe, request, o.seed)
     on_denoised = _preview_callback(pipe, request, target, preview_every, preview, seeds)
-    with progress_bar(request.steps) as bar:
+    with progress_bar(steps_run) as bar:
         result = pipe.generate(request, on_step=lambda i, n: _advance(bar, i, n), on_denoised=on_denoised)
     for path, image, image_seed in zip(paths, result.images, result.seeds):
         with explained_write_errors(path, needed):
-            save_png(path, image, params_for(pipe, request, image_seed))
+            save_png(path, image, params_for(pipe, request, image_seed, images))
         typer.echo(f"wrote {path} (seed {image_seed})")
-    _report_timings(result, request.steps)
+    _report_timings(result, steps_run)
     return paths

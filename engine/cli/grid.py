@@ -1,4 +1,5 @@
-"""`sdcpu grid`: one prompt over step counts x seeds x guidance values, as a labelled contact sheet.
+"""`sdcpu grid`: one prompt over step counts (or img2img strengths) x seeds x guidance values, as a labelled
+contact sheet. With --init-image the image is encoded once for the whole grid (engine/img2img.py ImageEncoder).
 
 The text encoders run once per distinct CFG setting of the guidance list: once when every value
 turns CFG on (or every value turns it off), twice when the list mixes both (e.g. 1,7.5), because
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,8 @@ from sdcpu.engine.request_defaults import (
     load_size,
     params_for,
     parse_guidance_interval,
+    read_image_inputs,
+    request_size,
 )
 from sdcpu.models.registry import FAMILIES, model_steps
 
@@ -98,10 +101,21 @@ def row_label(seed: int, guidance: float, several_guidances: bool) -> str:
     return f"seed {seed}, cfg {format_number(guidance)}" if several_guidances else f"seed {seed}"
 
 
-def single_path(output: Path, request: Request, several_guidances: bool) -> Path:
-    """OUTPUT's folder / <stem>-s<steps>-seed<seed>[-g<guidance>].png."""
+def single_path(output: Path, request: Request, several_guidances: bool, strengths: bool = False) -> Path:
+    """OUTPUT's folder / <stem>-s<steps>[-d<strength>]-seed<seed>[-g<guidance>].png."""
     guidance = f"-g{format_number(request.guidance)}" if several_guidances else ""
-    return output.with_name(f"{output.stem}-s{request.steps}-seed{request.seed}{guidance}.png")
+    strength = f"-d{format_number(request.strength)}" if strengths else ""
+    return output.with_name(f"{output.stem}-s{request.steps}{strength}-seed{request.seed}{guidance}.png")
+
+
+def parse_strengths(text: str | None) -> list[float] | None:
+    """--strengths: img2img strengths in (0, 1], one column each."""
+    if text is None:
+        return None
+    values = no_duplicates(parse_floats(text, "--strengths"), "--strengths")
+    if any(not 0 < v <= 1 for v in values):
+        raise UserError(f"--strengths must lie in (0, 1] (got {text!r})")
+    return values
 
 
 def encode_once(pipe: Pipeline, requests: list[Request]) -> dict[bool, dict[str, np.ndarray]]:
@@ -117,7 +131,9 @@ def encode_once(pipe: Pipeline, requests: list[Request]) -> dict[bool, dict[str,
 def grid_infotext(rows: list[list[Request]], pipe: Pipeline) -> str:
     """The sheet's `parameters` chunk: prompts, then the grid's lists (not one image's, so no Steps/Seed keys)."""
     first = rows[0][0]
-    items = [("Grid steps", ",".join(str(r.steps) for r in rows[0])),
+    columns = ([("Grid strengths", ",".join(format_number(r.strength) for r in rows[0]))]
+               if len({r.strength for r in rows[0]}) > 1 else [])
+    items = [("Grid steps", ",".join(str(r.steps) for r in rows[0])), *columns,
              ("Grid rows", "; ".join(f"seed {r[0].seed} cfg {format_number(r[0].guidance)}" for r in rows)),
              ("sdcpu sampler", first.sampler), ("Image size", f"{first.width}x{first.height}"),
              ("Model", pipe.manifest.name), ("Backend", pipe.manifest.format),
@@ -134,10 +150,19 @@ def save_sheet(path: Path, sheet: np.ndarray, text: str) -> None:
 
 
 def build_rows(pipe: Pipeline, prompt: str, negative_prompt: str, steps_list, seeds, guidances,
-               width, height, scheduler, interval: tuple[float, float] | None = None) -> list[list[Request]]:
-    """requests[row][column]: rows are (seed, guidance) pairs, seed-major; columns are step counts."""
-    return [[build_request(pipe, prompt, negative_prompt, steps, guidance, seed, width, height, scheduler, 1, interval)
-             for steps in steps_list] for seed in seeds for guidance in guidances]
+               width, height, scheduler, interval: tuple[float, float] | None = None, images=None,
+               strengths: list[float] | None = None) -> list[list[Request]]:
+    """requests[row][column]: rows are (seed, guidance) pairs, seed-major; columns are step counts, or the
+    img2img strengths (at one step count) when `strengths` is given."""
+    def one(steps, guidance, seed, strength=None):
+        cell_images = images if strength is None else replace(images, strength=strength)
+        return build_request(pipe, prompt, negative_prompt, steps, guidance, seed, width, height, scheduler, 1,
+                             interval, cell_images, lambda line: typer.echo(line, err=True))
+
+    if strengths:
+        return [[one(steps_list[0] if steps_list else None, guidance, seed, strength) for strength in strengths]
+                for seed in seeds for guidance in guidances]
+    return [[one(steps, guidance, seed) for steps in steps_list] for seed in seeds for guidance in guidances]
 
 
 def render_order(pipe: Pipeline, rows: list[list[Request]]) -> list[tuple[int, int]]:
@@ -163,7 +188,7 @@ def render(pipe: Pipeline, rows: list[list[Request]]) -> tuple[list[list[np.ndar
     conditionings = encode_once(pipe, [request for row in rows for request in row])
     images = [[None] * len(row) for row in rows]
     seconds = [[0.0] * len(row) for row in rows]
-    total = sum(request.steps for row in rows for request in row)
+    total = sum(pipe.steps_run(request) for row in rows for request in row)
     with progress_bar(total, "grid") as bar:
         for r, c in render_order(pipe, rows):
             request = rows[r][c]
@@ -198,23 +223,32 @@ def run_grid(prompt: str, model: str | Path | None = None, steps: str | None = N
              output: Path | str = Path("grid.png"), compile_cache: bool = True,
              inference_precision: str | None = None, deepcache: int | None = None,
              tiny_vae: bool = False, guidance_interval: str | None = None,
-             static_shapes: bool = True, fast: bool = False) -> GridResult:
+             static_shapes: bool = True, fast: bool = False, init_image: Path | None = None,
+             strengths: str | None = None, mask: Path | None = None, mask_blur: int | None = None,
+             resize: str | None = None) -> GridResult:
     """Check the lists, load the model, render every cell, write the singles and the labelled sheet."""
     started = time.perf_counter()
     steps_list, seed_list, guidances = parse_lists(steps, seeds, guidance)
+    strength_list = parse_strengths(strengths)
+    if strength_list and init_image is None:
+        raise UserError("--strengths needs --init-image (strength is how much of that image is repainted)")
+    if strength_list and steps_list and len(steps_list) > 1:
+        raise UserError("--strengths makes the columns; give --steps one count (or leave it out)")
     interval = parse_guidance_interval(guidance_interval)
+    inputs = read_image_inputs(init_image, mask, None, resize, mask_blur)
     folder = resolve_model(model) if model else default_model()
     manifest = load_manifest(folder)
+    width, height = request_size(manifest, width, height, inputs)
     if fast:
         deepcache, interval = fast_options(folder, manifest, deepcache, interval, lambda line: typer.echo(line, err=True))
     pipe = Pipeline.load(folder, compile_cache=compile_cache,
                          inference_precision=inference_precision, deepcache=deepcache, tiny_vae=tiny_vae,
                          log=lambda line: typer.echo(line, err=True), size=load_size(manifest, width, height, static_shapes))
-    steps_list = steps_list or default_steps(pipe)
+    steps_list = steps_list or (None if strength_list else default_steps(pipe))
     seed_list = seed_list or [resolve_seed(-1)]
-    check_cell_count(len(steps_list) * len(seed_list) * len(guidances))
+    check_cell_count(len(strength_list or steps_list) * len(seed_list) * len(guidances))
     rows = build_rows(pipe, prompt, negative_prompt, steps_list, seed_list, guidances, width, height, scheduler,
-                      interval)
+                      interval, inputs, strength_list)
     check_requests(pipe, rows)
     output = resolve_png_output(output, "grid.png")
     cells = sum(len(row) for row in rows)
@@ -226,10 +260,12 @@ def run_grid(prompt: str, model: str | Path | None = None, steps: str | None = N
 
     several = len(guidances) > 1
     row_labels = [row_label(row[0].seed, row[0].guidance, several) for row in rows]
-    column_labels = [plural(request.steps, "step") for request in rows[0]]
+    column_labels = ([f"strength {format_number(request.strength)}" for request in rows[0]] if strength_list
+                     else [plural(request.steps, "step") for request in rows[0]])
     captions = [[f"{s:.1f} s" for s in row] for row in seconds]
     with explained_write_errors(output, needed):
-        singles = [save_png(single_path(output, request, several), image, params_for(pipe, request, request.seed))
+        singles = [save_png(single_path(output, request, several, bool(strength_list)), image,
+                            params_for(pipe, request, request.seed, inputs))
                    for row, row_images in zip(rows, images) for request, image in zip(row, row_images)]
         save_sheet(output, contact_sheet(images, row_labels, column_labels, captions), grid_infotext(rows, pipe))
     layout = sheet_layout(len(rows), len(column_labels), rows[0][0].width, rows[0][0].height,

@@ -39,6 +39,8 @@ class LatencyRow:
     vae_decoder: float
     total_median: float
     first_call: float
+    vae_encoder: float | None = None
+    """Median seconds of the VAE encoder (image-to-image requests; timed every run, no cached encoding)."""
 
 
 @dataclass
@@ -100,7 +102,10 @@ def p90(values: list[float]) -> float:
 
 def measure_latency(pipe: Pipeline, request: Request, runs: int, warmup: int = 1) -> LatencyRow:
     """`warmup` untimed calls (compilation, caches), then `runs` timed calls of `request`."""
-    calls = [time_call(pipe, request) for _ in range(warmup + runs)]
+    calls = []
+    for _ in range(warmup + runs):
+        pipe.image_encoder.forget()
+        calls.append(time_call(pipe, request))
     timed = calls[warmup:]
     steps = [s for call in timed for s in call.step_seconds()]
     unet = [s for call in timed for s in call.unet_seconds]
@@ -114,15 +119,17 @@ def measure_latency(pipe: Pipeline, request: Request, runs: int, warmup: int = 1
         step_p90=p90(steps), step_max=max(steps), unet_calls=len(timed[0].unet_seconds),
         unet_call_median=statistics.median(unet), denoise=median("denoise"), vae_decoder=median("vae_decoder"),
         total_median=median("total"), first_call=calls[0].timings["total"],
+        vae_encoder=median("vae_encoder") if "vae_encoder" in timed[0].timings else None,
     )
 
 
-LATENCY_COLUMNS = ["scheduler", "steps", "runs", "text encoder s", "UNet s/step median", "s/step min", "s/step p90",
-                   "VAE s", "total median s", "first call s"]
+LATENCY_COLUMNS = ["scheduler", "steps", "runs", "text encoder s", "VAE encoder s", "UNet s/step median", "s/step min",
+                   "s/step p90", "VAE s", "total median s", "first call s"]
 
 
 def latency_cells(r: LatencyRow) -> list:
     """One row's cells under LATENCY_COLUMNS."""
-    return [r.sampler, r.steps, r.runs, f"{r.text_encoder:.4f}", f"{r.step_median:.4f}", f"{r.step_min:.4f}",
+    encoder = "-" if r.vae_encoder is None else f"{r.vae_encoder:.4f}"
+    return [r.sampler, r.steps, r.runs, f"{r.text_encoder:.4f}", encoder, f"{r.step_median:.4f}", f"{r.step_min:.4f}",
             f"{r.step_p90:.4f}", f"{r.vae_decoder:.4f}", f"{r.total_median:.3f}", f"{r.first_call:.3f}"]
 

@@ -76,9 +76,10 @@ def seed_runs(seeds: list[int], max_batch: int) -> list[tuple[int, int]]:
 
 def request_for(pipe: Pipeline, prompt: str, steps: int | None, sampler: str | None,
                 guidance: float | None, seed: int = 0, batch: int = 1,
-                interval: tuple[float, float] | None = None) -> Request:
-    """A request at the model's native size; left-out settings take the family's defaults."""
-    return build_request(pipe, prompt, "", steps, guidance, seed, None, None, sampler, batch, interval)
+                interval: tuple[float, float] | None = None, images=None) -> Request:
+    """A request at the model's native size (an init image's, with `images`); left-out settings take the
+    family's defaults."""
+    return build_request(pipe, prompt, "", steps, guidance, seed, None, None, sampler, batch, interval, images)
 
 
 def batching_is_exact(pipe: Pipeline, request: Request) -> bool:
