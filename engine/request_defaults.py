@@ -13,7 +13,15 @@ from typing import Callable
 import sdcpu
 from sdcpu.engine.deepcache import has_deepcache_graphs
 from sdcpu.engine.errors import UserError
-from sdcpu.engine.init_image import DEFAULT_RESIZE, ImageFile, mask_array, read_image_file, resized, target_size
+from sdcpu.engine.init_image import (
+    DEFAULT_RESIZE,
+    RESIZE_MODES,
+    ImageFile,
+    mask_array,
+    read_image_file,
+    resized,
+    target_size,
+)
 from sdcpu.engine.manifest import Manifest
 from sdcpu.engine.noise import resolve_seed
 from sdcpu.engine.pipeline import Pipeline
@@ -45,6 +53,10 @@ def read_image_inputs(init_image: str | Path | None, mask: str | Path | None = N
         if mask is not None:
             raise UserError("--mask needs --init-image: the mask says which part of that image to repaint")
         return None
+    if resize is not None and resize not in RESIZE_MODES:
+        raise UserError(f"--resize must be one of {', '.join(RESIZE_MODES)} (got {resize!r})")
+    if mask_blur is not None and mask_blur < 0:
+        raise UserError(f"--mask-blur must be 0 or more pixels (got {mask_blur})")
     mask_file = read_image_file(mask, "--mask", grayscale=True) if mask is not None else None
     return ImageInputs(read_image_file(init_image), mask_file, strength, resize, mask_blur)
 
@@ -83,6 +95,8 @@ def build_request(pipe: Pipeline, prompt: str, negative_prompt: str, steps, guid
         raise UserError(str(exc)) from None
     extra = {}
     if images is not None:
+        check_size_multiple(width, height, m.size_multiple)  # before any resize to it
+        check_size_limits(width, height, batch, m.latent_channels)
         strength = FAMILIES[m.family].default_strength if images.strength is None else images.strength
         if steps is None and not pipe.lcm_pipeline and 0 < strength <= 1:
             steps = image_steps(model_steps(m), strength)

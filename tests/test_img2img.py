@@ -134,6 +134,20 @@ def test_a_truncated_png_gets_one_line(tmp_path, red_circle):
     one_error_line(generate("--init-image", tmp_path / "cut.png", "-o", tmp_path / "x.png"), "--init-image")
 
 
+@pytest.mark.parametrize("size,fragment", [(["--width", "-8"], "--width"), (["--height", "0"], "--height"),
+                                           (["--width", "100"], "multiple of 8"), (["--width", "9000"], "limit")])
+def test_a_bad_size_is_refused_before_the_image_is_resized(tmp_path, red_circle, size, fragment):
+    init = write_png(tmp_path / "red.png", red_circle)
+    one_error_line(generate("--init-image", init, *size, "-o", tmp_path / "x.png"), fragment)
+
+
+def test_bad_resize_and_blur_are_refused_up_front(tmp_path, red_circle):
+    init = write_png(tmp_path / "red.png", red_circle)
+    one_error_line(generate("--init-image", init, "--resize", "zoom", "-o", tmp_path / "x.png"), "--resize", "stretch")
+    one_error_line(generate("--init-image", init, "--mask", init, "--mask-blur", "-2", "-o", tmp_path / "x.png"),
+                   "--mask-blur")
+
+
 def test_an_image_over_the_limit_is_refused_before_decoding(tmp_path):
     Image.new("RGB", (4100, 8)).save(tmp_path / "wide.png")
     one_error_line(generate("--init-image", tmp_path / "wide.png", "-o", tmp_path / "x.png"), "4100x8", "4096")
