@@ -27,7 +27,8 @@ def graph_feeds(pipe: Pipeline, width: int, height: int) -> dict[str, dict[str, 
     """Random inputs of the shapes generate feeds each graph at this size."""
     rng = np.random.default_rng(0)
     cfg = pipe.uses_cfg(model_guidance(pipe.manifest))
-    shapes = {name: pipe.shapes_for(_request(pipe, width, height), cfg)[name] for name in ("unet", "vae_decoder")}
+    every = pipe.shapes_for(_request(pipe, width, height), cfg)
+    shapes = {name: every[name] for name in ("unet", "vae_decoder")}
     feeds = {name: {k: rng.standard_normal(s).astype(np.float32) for k, s in inputs.items()}
              for name, inputs in shapes.items()}
     feeds["unet"]["timestep"] = np.full(shapes["unet"]["timestep"], 500.0, np.float32)

@@ -22,6 +22,7 @@ from sdcpu.engine.schedules import Schedule, image_to_image_schedule, make_sched
 
 INPAINT_UNET_CHANNELS = 9
 LOGVAR_RANGE = (-30.0, 20.0)
+MASK_WITHOUT_IMAGE = "--mask needs --init-image: the mask says which part of that image to repaint"
 
 
 class Start(NamedTuple):
@@ -147,7 +148,7 @@ def validate_image_inputs(request, manifest: Manifest, config: dict, lcm_pipelin
         raise UserError(f"{manifest.name} is an inpainting model: give it --init-image IMG and --mask MASK")
     if request.init_image is None:
         if request.mask is not None:
-            raise UserError("--mask needs --init-image: the mask says which part of that image to repaint")
+            raise UserError(MASK_WITHOUT_IMAGE)
         return
     if not 0 < request.strength <= 1:
         raise UserError(f"--strength must be in (0, 1] (got {request.strength:g})")

@@ -84,11 +84,20 @@ def target_size(image_size: tuple[int, int], width: int | None, height: int | No
     return new_width, new_height
 
 
+def check_resize_mode(mode: str) -> None:
+    if mode not in RESIZE_MODES:
+        raise UserError(f"--resize must be one of {', '.join(RESIZE_MODES)} (got {mode!r})")
+
+
+def check_mask_blur(blur: int) -> None:
+    if blur < 0:
+        raise UserError(f"--mask-blur must be 0 or more pixels (got {blur})")
+
+
 def resized(pixels: np.ndarray, width: int, height: int, mode: str) -> np.ndarray:
     """A1111's resize modes: stretch ("Just resize"), crop ("Crop and resize": fill, cut the centre),
     fit ("Resize and fill": fit inside, the bands filled by stretching the edge pixels)."""
-    if mode not in RESIZE_MODES:
-        raise UserError(f"--resize must be one of {', '.join(RESIZE_MODES)} (got {mode!r})")
+    check_resize_mode(mode)
     image = Image.fromarray(pixels)
     w, h = image.size
     if (w, h) == (width, height):
@@ -110,8 +119,7 @@ def mask_array(mask: ImageFile, image: ImageFile, width: int, height: int, mode:
                log: Log | None = None) -> np.ndarray:
     """The mask at the request's size, 1 = repaint, float32: resized as the image is (a mask of another size is
     first stretched to the image's, with a note), blurred or binarized; notes for masks that do nothing."""
-    if blur < 0:
-        raise UserError(f"--mask-blur must be 0 or more pixels (got {blur})")
+    check_mask_blur(blur)
     pixels = mask.pixels
     if mask.size != image.size:
         if log:

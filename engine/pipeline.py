@@ -78,11 +78,6 @@ class Pipeline:
                                           f"image-to-image); re-export it to use --init-image: "
                                           f"sdcpu export {manifest.source} DIR")
 
-    @property
-    def vae_encoder(self) -> Graph:
-        """The VAE encoder, compiled on first use; a UserError naming the fix for folders exported without one."""
-        return self.image_encoder.graph
-
     @classmethod
     def load(cls, folder: Path, compile_cache: bool = True, inference_precision: str | None = None,
              deepcache: int | None = None, tiny_vae: bool = False,
@@ -186,7 +181,7 @@ class Pipeline:
         gets a dynamic batch (static size)."""
         cfg = self.uses_cfg(request.guidance)
         for name, shapes in self.shapes_for(request, cfg).items():
-            graph = self.vae_encoder if name == VAE_ENCODER else self.graphs()[name]
+            graph = self.image_encoder.graph if name == VAE_ENCODER else self.graphs()[name]
             if name == "unet" and cfg and request.guidance_interval != FULL_INTERVAL and graph.static_batch:
                 shapes = {k: (-1, *v[1:]) for k, v in shapes.items()}
             elif not graph.static_mismatches(shapes):

@@ -100,12 +100,12 @@ def recorded_inputs(path: Path, init_image: str | None, mask: str | None,
     checks a recorded path against its SHA-256); those given win. A1111 records no paths: its img2img PNGs
     (Denoising strength without hires fix) need --init-image."""
     fields = png_fields(path)
-    if fields.get("Init image") or fields.get("Init image SHA-256"):
-        init_image = recorded_file(fields.get("Init image", ""), fields.get("Init image SHA-256", ""),
-                                   init_image, "init image", log)
+    recorded = {name: read_field(fields, name) for name in ("init_image", "init_image_sha256", "mask", "mask_sha256")}
+    if recorded["init_image"] or recorded["init_image_sha256"]:
+        init_image = recorded_file(recorded["init_image"], recorded["init_image_sha256"], init_image, "init image", log)
     elif init_image is None and fields.get("Denoising strength") and not fields.get("Hires upscale"):
         raise UserError(f"{path} was made image-to-image (Denoising strength {fields['Denoising strength']}) "
                         "from an image it does not name; pass --init-image FILE")
-    if fields.get("Mask") or fields.get("Mask SHA-256"):
-        mask = recorded_file(fields.get("Mask", ""), fields.get("Mask SHA-256", ""), mask, "mask", log)
+    if recorded["mask"] or recorded["mask_sha256"]:
+        mask = recorded_file(recorded["mask"], recorded["mask_sha256"], mask, "mask", log)
     return init_image, mask

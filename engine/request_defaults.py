@@ -13,10 +13,12 @@ from typing import Callable
 import sdcpu
 from sdcpu.engine.deepcache import has_deepcache_graphs
 from sdcpu.engine.errors import UserError
+from sdcpu.engine.img2img import MASK_WITHOUT_IMAGE
 from sdcpu.engine.init_image import (
     DEFAULT_RESIZE,
-    RESIZE_MODES,
     ImageFile,
+    check_mask_blur,
+    check_resize_mode,
     mask_array,
     read_image_file,
     resized,
@@ -51,12 +53,12 @@ def read_image_inputs(init_image: str | Path | None, mask: str | Path | None = N
     """The files behind --init-image / --mask, read and checked (one line each for a bad file); None without them."""
     if init_image is None:
         if mask is not None:
-            raise UserError("--mask needs --init-image: the mask says which part of that image to repaint")
+            raise UserError(MASK_WITHOUT_IMAGE)
         return None
-    if resize is not None and resize not in RESIZE_MODES:
-        raise UserError(f"--resize must be one of {', '.join(RESIZE_MODES)} (got {resize!r})")
-    if mask_blur is not None and mask_blur < 0:
-        raise UserError(f"--mask-blur must be 0 or more pixels (got {mask_blur})")
+    if resize is not None:
+        check_resize_mode(resize)
+    if mask_blur is not None:
+        check_mask_blur(mask_blur)
     mask_file = read_image_file(mask, "--mask", grayscale=True) if mask is not None else None
     return ImageInputs(read_image_file(init_image), mask_file, strength, resize, mask_blur)
 

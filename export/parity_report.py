@@ -70,6 +70,12 @@ def cases(family: str, steps: int):
                             guidance=7.5, seed=1234, width=w, height=h, sampler=sampler)
 
 
+def record_worst(worst: dict, key: tuple[str, str], diff: dict[str, float]) -> None:
+    """Keep the worst max and mean difference of (sampler, backend) over its cases, and count them."""
+    entry = worst.setdefault(key, [0.0, 0.0, 0])
+    entry[0], entry[1], entry[2] = max(entry[0], diff["max"]), max(entry[1], diff["mean"]), entry[2] + 1
+
+
 def family_rows(family: str, source: Path, exports: dict[str, Path], steps: int) -> list[tuple]:
     """Worst difference per (sampler, backend) over that family's cases."""
     reference = load_reference(str(source))
@@ -79,9 +85,7 @@ def family_rows(family: str, source: Path, exports: dict[str, Path], steps: int)
         ref = reference_images(reference, **request)
         for fmt, pipe in pipes.items():
             ours = np.stack(pipe.generate(Request(**request)).images)
-            diff = image_difference(ours, ref)
-            entry = worst.setdefault((sampler, fmt), [0.0, 0.0, 0])
-            entry[0], entry[1], entry[2] = max(entry[0], diff["max"]), max(entry[1], diff["mean"]), entry[2] + 1
+            record_worst(worst, (sampler, fmt), image_difference(ours, ref))
     return [(family, s, f, n, mx, mean) for (s, f), (mx, mean, n) in worst.items()]
 
 
@@ -98,9 +102,7 @@ def image_rows(label: str, source: Path, exports: dict[str, Path], samplers, ste
         ref = reference_image_to_image(reference, **common, init_image=image, strength=strength, mask=mask)
         for fmt, pipe in pipes.items():
             request = Request(**common, width=w, height=h, strength=strength, init_image=image, mask=mask)
-            diff = image_difference(np.stack(pipe.generate(request).images), ref)
-            entry = worst.setdefault((sampler, fmt), [0.0, 0.0, 0])
-            entry[0], entry[1], entry[2] = max(entry[0], diff["max"]), max(entry[1], diff["mean"]), entry[2] + 1
+            record_worst(worst, (sampler, fmt), image_difference(np.stack(pipe.generate(request).images), ref))
     return [(label, s, f, n, mx, mean) for (s, f), (mx, mean, n) in worst.items()]
 
 

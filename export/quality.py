@@ -20,13 +20,11 @@ def image_psnr_db(reference: np.ndarray, test: np.ndarray) -> float:
 
 
 def inpainting_inputs(size: tuple[int, int]) -> dict:
-    """What an inpainting model needs to draw at all: a gradient image with its centre masked, strength 1."""
-    width, height = size
-    y, x = np.mgrid[0:height, 0:width]
-    image = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), np.full_like(x, 128)], axis=-1)
-    mask = np.zeros((height, width), np.float32)
-    mask[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = 1.0
-    return {"init_image": image.astype(np.uint8), "mask": mask, "strength": 1.0}
+    """What an inpainting model needs to draw at all: the parity tests' image and mask (export/reference.py),
+    strength 1."""
+    from sdcpu.export.reference import band_mask, gradient_disc_image
+
+    return {"init_image": gradient_disc_image(*size), "mask": band_mask(*size), "strength": 1.0}
 
 
 def _render(model_dir: Path, size: tuple[int, int], steps: int | None) -> tuple[np.ndarray, int]:

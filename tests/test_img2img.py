@@ -21,6 +21,7 @@ from sdcpu.models.registry import DEFAULT_MODEL
 from sdcpu.models.shapes.analyse import analyse
 from sdcpu.models.shapes.grammar import parse_caption
 from sdcpu.models.shapes.render import render
+from tests.test_user_errors import one_error_line
 
 runner = CliRunner()
 
@@ -67,13 +68,6 @@ def write_png(path, pixels) -> str:
 
 def generate(*args):
     return runner.invoke(app, ["generate", "a yellow circle on a blue background", "--seed", "4", *map(str, args)])
-
-
-def one_error_line(result, *fragments) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and all(f in lines[0] for f in fragments), result.output
-    assert "Traceback" not in result.output
 
 
 def test_png_records_the_run_and_from_repeats_it(tmp_path, red_circle):

@@ -113,23 +113,20 @@ def _model_named_in_png(name: str, image: Path) -> str:
                         "pass --model DIR (see `sdcpu models`)") from None
 
 
-def _notes(pipe: Pipeline, request: Request, seed_given: int | None) -> None:
-    def note(line: str) -> None:
-        typer.echo(f"note: {line}", err=True)
-
+def _notes(pipe: Pipeline, request: Request, seed_given: int | None, steps_run: int) -> None:
     if pipe.manifest.random_weights:
-        note("this model has random weights (a benchmark stand-in); its images are noise")
+        _note("this model has random weights (a benchmark stand-in); its images are noise")
     elif pipe.tiny_vae and (pipe.manifest.tiny_vae or "").startswith("random-weights:"):
-        note("this export's tiny VAE has random weights (a benchmark stand-in); its images are noise")
-    advice = step_advice(pipe.manifest.family, pipe.steps_run(request))
+        _note("this export's tiny VAE has random weights (a benchmark stand-in); its images are noise")
+    advice = step_advice(pipe.manifest.family, steps_run)
     if advice:
-        note(advice)
+        _note(advice)
     if request.init_image is not None and not pipe.lcm_pipeline:
-        note(f"image-to-image at strength {request.strength:g}: {pipe.steps_run(request)} of {request.steps} steps run")
+        _note(f"image-to-image at strength {request.strength:g}: {steps_run} of {request.steps} steps run")
     if request.negative_prompt and not pipe.uses_cfg(request.guidance):
-        note("the negative prompt is unused without classifier-free guidance")
+        _note("the negative prompt is unused without classifier-free guidance")
     for label, (count, limit) in pipe.overlong_prompts(request).items():
-        note(f"the {label} is {count} tokens long; only its first {limit} are used (the rest is cut, as diffusers does)")
+        _note(f"the {label} is {count} tokens long; only its first {limit} are used (the rest is cut, as diffusers does)")
     if seed_given is None or seed_given == -1:
         typer.echo(f"seed: {request.seed}", err=True)
 
@@ -188,7 +185,7 @@ def run_generate(prompt: str | None = None, model=None, negative_prompt: str | N
     needed = png_bytes_bound(request.width, request.height, batch * (1 + previews))
     check_free_space(target, needed)
     pipe.fit_static_shapes(request, log=lambda line: typer.echo(line, err=True))
-    _notes(pipe, request, o.seed)
+    _notes(pipe, request, o.seed, steps_run)
     on_denoised = _preview_callback(pipe, request, target, preview_every, preview, seeds)
     with progress_bar(steps_run) as bar:
         result = pipe.generate(request, on_step=lambda i, n: _advance(bar, i, n), on_denoised=on_denoised)

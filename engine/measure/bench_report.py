@@ -26,16 +26,21 @@ GEMM_LABEL = "numpy fp32 GEMM probe"
 MIB = 1024 * 1024
 
 
-def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what platform knows, else 'unknown'."""
+def cpuinfo_value(name: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The first non-empty value of field `name` in /proc/cpuinfo (Linux); empty when there is none."""
     try:
         for line in cpuinfo.read_text(errors="replace").splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
+            if key.strip() == name and value.strip():
                 return value.strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return ""
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what platform knows, else 'unknown'."""
+    return cpuinfo_value("model name") or platform.processor() or "unknown"
 
 
 def package_version(name: str) -> str | None:
@@ -51,11 +56,7 @@ MATRIX_ISA = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni", 
 
 def cpu_isa() -> list[str]:
     """The CPU's matrix-relevant ISA extensions (AMX, AVX512-BF16, VNNI, ...) from /proc/cpuinfo (Linux)."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return []
-    present = set(flags.split(":", 1)[-1].split())
+    present = set(cpuinfo_value("flags").split())
     return [name for name in MATRIX_ISA if name in present]
 
 
