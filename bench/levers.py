@@ -19,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from sdcpu.engine.graph_shapes import CONTEXT_TOKENS_AXIS
 from sdcpu.engine.manifest import load_manifest
 from sdcpu.engine.measure.bench_report import machine_info, openvino_gemm_probe
+from sdcpu.engine.tokenizer import DEFAULT_MAX_LENGTH
 from sdcpu.export.parity import psnr_db
 
 
@@ -63,7 +65,8 @@ def two_streams(compiled, feeds: dict) -> np.ndarray:
 def unet_feeds(manifest, width: int, height: int) -> dict:
     rng = np.random.default_rng(0)
     f = manifest.vae_scale_factor
-    shapes = {k: [2 if d == "batch" else d for d in v["shape"]] for k, v in manifest.components["unet"].inputs.items()}
+    named = {"batch": 2, CONTEXT_TOKENS_AXIS: DEFAULT_MAX_LENGTH}
+    shapes = {k: [named.get(d, d) for d in v["shape"]] for k, v in manifest.components["unet"].inputs.items()}
     shapes["sample"] = [2, manifest.latent_channels, height // f, width // f]
     feeds = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
     feeds["timestep"] = np.full(shapes["timestep"], 500.0, np.float32)

@@ -18,6 +18,7 @@ import numpy as np
 
 from sdcpu.engine.errors import UserError
 from sdcpu.engine.manifest import Manifest
+from sdcpu.engine.samplers import SAMPLERS
 from sdcpu.engine.schedules import Schedule, image_to_image_schedule, make_schedule
 
 INPAINT_UNET_CHANNELS = 9
@@ -92,6 +93,12 @@ def posterior_sample(moments: np.ndarray, generator, rows: int) -> np.ndarray:
     return (mean + std * draw).astype(np.float32)
 
 
+def posterior_mean(moments: np.ndarray) -> np.ndarray:
+    """DiagonalGaussianDistribution.mode(): the latent A1111's img2img starts from here. A1111 draws its posterior
+    sample from torch's unseeded global generator, which no infotext records; SD's VAE posterior std is ~1e-3."""
+    return np.split(moments.astype(np.float32), 2, axis=1)[0]
+
+
 def latent_mask(mask: np.ndarray, factor: int) -> np.ndarray:
     """(H, W) mask -> (1, 1, H/f, W/f), torch's default nearest interpolation (every f-th pixel)."""
     return mask[::factor, ::factor][None, None].astype(np.float32)
@@ -112,13 +119,15 @@ def known_region_blend(x0: np.ndarray, noise: np.ndarray, mask: np.ndarray, sche
 def starting_point(request, manifest: Manifest, config: dict, encoder, generator, lcm_pipeline: bool) -> Start:
     """x_T from seeded noise, or the encoded init image noised to the start of its strength's schedule.
 
-    `encoder(sample) -> moments`: the VAE encoder (ImageEncoder.moments)."""
+    `encoder(sample) -> moments`: the VAE encoder (ImageEncoder.moments). `generator`: engine/image_noise.py's
+    ImageNoise; text-to-image starts from its first() (variation seeds, seed resize), image-to-image draws in
+    diffusers' order (posterior sample, then noise) with randn."""
     factor = manifest.vae_scale_factor
     rows = request.batch
     shape = (rows, manifest.latent_channels, request.height // factor, request.width // factor)
     if request.init_image is None:
         schedule = make_schedule(request.sampler, config, request.steps)
-        return Start(generator.randn(shape) * np.float32(schedule.init_noise_sigma), schedule)
+        return Start(generator.first() * np.float32(schedule.init_noise_sigma), schedule)
     schedule = image_to_image_schedule(request.sampler, config, request.steps, request.strength, lcm_pipeline)
     scale = np.float32(manifest.vae_scaling_factor)
     image = pixels_to_sample(request.init_image)
@@ -152,10 +161,17 @@ def validate_image_inputs(request, manifest: Manifest, config: dict, lcm_pipelin
         return
     if not 0 < request.strength <= 1:
         raise UserError(f"--strength must be in (0, 1] (got {request.strength:g})")
+    if (request.subseed_strength or request.seed_resize_from) and request.sampler in SAMPLERS:
+        raise UserError("variation seeds and --seed-resize-from with --init-image need an Automatic1111 sampler "
+                        "(e.g. --sampler \"Euler a\"); sdcpu's diffusers-exact ones draw image-to-image noise as diffusers")
     expected = (request.height, request.width)
     if request.init_image.shape[:2] != expected or (request.mask is not None and request.mask.shape != expected):
         raise UserError(f"the init image and mask must be {request.width}x{request.height} here; "
                         "load them with sdcpu.engine.init_image, which resizes them")
+    if request.sampler not in SAMPLERS:
+        if int(min(request.strength, 0.999) * request.steps) < 1:
+            raise UserError(f"--strength {request.strength:g} with {request.steps} steps runs no step; raise either")
+        return
     try:
         image_to_image_schedule(request.sampler, config, request.steps, request.strength, lcm_pipeline)
     except ValueError as exc:

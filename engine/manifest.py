@@ -63,6 +63,10 @@ class Manifest:
     default_guidance: float | None = None
     lora: dict[str, Any] | None = None
     tiny_vae: str | None = None
+    source_sha256: str | None = None
+    """SHA-256 (hex) of the single-file checkpoint exported; None for diffusers folders, hub ids and random weights."""
+    a1111_hash: str | None = None
+    """A1111's short "Model hash" of that file: the first 10 hex digits of source_sha256."""
     quality: dict[str, Any] = field(default_factory=dict)
     complete: bool | None = None
     """True only in the manifest written last, just before the folder is renamed into place; False in the

@@ -15,19 +15,23 @@ from typing import Callable
 
 import numpy as np
 
+from sdcpu.engine.a1111_loop import Plan, make_plan, run_plan, steps_reported
+from sdcpu.engine.a1111_samplers import A1111_SAMPLERS, is_a1111_sampler
 from sdcpu.engine.backends import Graph, default_cache_dir, load_graph
-from sdcpu.engine.conditioning import guidance_scale_embedding, sd_conditioning, sdxl_conditioning
 from sdcpu.engine.deepcache import DEEP, FEATURE, SHALLOW, DeepCacheUNet, check_interval, require_graphs
 from sdcpu.engine.denoisers import denoiser_from_eps, denoiser_from_v
 from sdcpu.engine.errors import UserError
-from sdcpu.engine.graph_shapes import complete, static_shapes
-from sdcpu.engine.img2img import ImageEncoder, starting_point, unet_channels
+from sdcpu.engine.graph_shapes import complete, fit_request_shapes, request_shapes, static_shapes
+from sdcpu.engine.image_noise import ImageNoise
+from sdcpu.engine.img2img import ImageEncoder, pixels_to_sample, posterior_mean, starting_point
 from sdcpu.engine.manifest import TINY_VAE_DECODER, VAE_ENCODER, Manifest, load_manifest
-from sdcpu.engine.noise import TorchCompatibleNoise
-from sdcpu.engine.request import FULL_INTERVAL, Request, validate_request
+from sdcpu.engine.prompt_syntax import prompt_schedule
+from sdcpu.engine.request import Request, validate_request
 from sdcpu.engine.samplers import default_sampler_for, sample_from
 from sdcpu.engine.schedules import image_to_image_schedule, make_schedule
+from sdcpu.engine.text_conditioning import TextConditioning, TextEncoders
 from sdcpu.engine.tokenizer import ClipTokenizer
+from sdcpu.engine.unet_inputs import guidance_scale_embedding, guided_prediction, per_row_inputs
 from sdcpu.models.registry import model_guidance
 
 StepCallback = Callable[[int, int], None]
@@ -41,6 +45,7 @@ class Result:
     images: list[np.ndarray]
     seeds: list[int]
     timings: dict[str, float] = field(default_factory=dict)
+    subseeds: list[int] = field(default_factory=list)
 
 
 def to_uint8_images(decoded: np.ndarray) -> list[np.ndarray]:
@@ -61,6 +66,15 @@ def _skipped_graphs(deepcache: bool, tiny_vae: bool) -> set[str]:
     return unets | {VAE_ENCODER} | ({"vae_decoder"} if tiny_vae else {TINY_VAE_DECODER})
 
 
+def request_noise(request: Request, manifest: Manifest) -> ImageNoise:
+    """The request's per-image noise streams: its source, seeds, variation seeds and seed resize."""
+    factor = manifest.vae_scale_factor
+    seeds, subseeds = request.image_seeds()
+    shape = (manifest.latent_channels, request.height // factor, request.width // factor)
+    return ImageNoise(shape, seeds, subseeds, request.subseed_strength, request.seed_resize_from, request.noise,
+                      factor=factor)
+
+
 class Pipeline:
     """An exported model folder loaded on its backend, ready to generate."""
 
@@ -73,6 +87,7 @@ class Pipeline:
         self.unet = graphs["unet"]
         self.vae_decoder = graphs["vae_decoder"]
         self.tokenizers = tokenizers
+        self.text = TextEncoders(tokenizers, self.text_encoders, manifest.force_zeros_for_empty_prompt, manifest.source)
         self.scheduler_config = scheduler_config
         self.image_encoder = ImageEncoder(load_encoder, f"{folder} has no VAE encoder (exported before sdcpu had "
                                           f"image-to-image); re-export it to use --init-image: "
@@ -161,40 +176,12 @@ class Pipeline:
         return {**encoders, "unet": self.unet, "vae_decoder": self.vae_decoder}
 
     def shapes_for(self, request: Request, cfg: bool) -> dict[str, dict[str, tuple]]:
-        """The input shapes each graph sees for `request` (text encoders and VAE run one image at a time)."""
-        factor = self.manifest.vae_scale_factor
-        latent = (request.height // factor, request.width // factor)
-        rows = request.batch * (2 if cfg else 1)
-        unet = {k: (rows, *v["shape"][1:]) for k, v in self.unet.entry.inputs.items()}
-        unet["sample"] = (rows, unet_channels(self.manifest), *latent)
-        shapes = {"unet": unet, "vae_decoder": {"latent_sample": (1, self.manifest.latent_channels, *latent)}}
-        if request.init_image is not None:
-            shapes[VAE_ENCODER] = {"sample": (1, 3, request.height, request.width)}
-        for name, encoder in zip(("text_encoder", "text_encoder_2"), self.text_encoders):
-            shapes[name] = {"input_ids": (1, encoder.entry.inputs["input_ids"]["shape"][1])}
-        return shapes
+        """The input shapes each graph sees for `request` (engine/graph_shapes.py)."""
+        return request_shapes(self, request, cfg)
 
     def fit_static_shapes(self, request: Request, log: Callable[[str], None] | None = None) -> None:
-        """Static graphs: OpenVINO recompiles for another size/batch (a note says so for static exports); ONNX cannot.
-
-        A CFG request with a limited guidance interval calls the UNet with both halves and with one: its UNet
-        gets a dynamic batch (static size)."""
-        cfg = self.uses_cfg(request.guidance)
-        for name, shapes in self.shapes_for(request, cfg).items():
-            graph = self.image_encoder.graph if name == VAE_ENCODER else self.graphs()[name]
-            if name == "unet" and cfg and request.guidance_interval != FULL_INTERVAL and graph.static_batch:
-                shapes = {k: (-1, *v[1:]) for k, v in shapes.items()}
-            elif not graph.static_mismatches(shapes):
-                continue
-            static = self.manifest.static_shape or {}
-            if self.manifest.format != "openvino":
-                raise UserError(
-                    f"this ONNX model was exported with static shapes ({static.get('width')}x{static.get('height')}, "
-                    f"batch {static.get('batch')}); generate at that size or re-export without --width/--height/--batch"
-                )
-            if log and static:
-                log(f"note: {name} was exported static; recompiling for {request.width}x{request.height} batch {request.batch}")
-            graph.reshape({k: tuple(v) for k, v in graph.per_call(shapes).items()})
+        """Static graphs recompiled for `request` where it needs other shapes (engine/graph_shapes.py)."""
+        fit_request_shapes(self, request, log)
 
     @property
     def has_guidance_embedding(self) -> bool:
@@ -214,6 +201,7 @@ class Pipeline:
     def validate(self, request: Request) -> None:
         """Reject requests the model cannot run, with one line each (engine/request.py)."""
         validate_request(request, self.manifest, self.scheduler_config, self.lcm_pipeline)
+        self.text.check_clip_skip(request.clip_skip)
 
     @property
     def lcm_pipeline(self) -> bool:
@@ -221,29 +209,43 @@ class Pipeline:
         return self.manifest.family == "lcm"
 
     def steps_run(self, request: Request) -> int:
-        """The steps the sampler loop runs: all of them, or image-to-image's share of them (as diffusers)."""
+        """The steps the sampler loop runs: all of them, or image-to-image's share of them (as diffusers, or A1111)."""
+        if is_a1111_sampler(request.sampler):
+            return steps_reported(self.a1111_plan(request))
         if request.init_image is None:
             return make_schedule(request.sampler, self.scheduler_config, request.steps).steps
         return image_to_image_schedule(request.sampler, self.scheduler_config, request.steps, request.strength,
                                        self.lcm_pipeline).steps
 
     def overlong_prompts(self, request: Request) -> dict[str, tuple[int, int]]:
-        """The prompts longer than the text encoder reads, as {label: (tokens, tokens used)}."""
-        tokenizer = self.tokenizers[0]
-        limit = tokenizer.max_length - 2
-        prompts = {"prompt": request.prompt, "negative prompt": request.negative_prompt}
-        counts = {label: tokenizer.count(text) for label, text in prompts.items() if text}
-        return {label: (count, limit) for label, count in counts.items() if count > limit}
+        """Plain syntax: the prompts longer than the text encoder reads, as {label: (tokens, tokens used)}."""
+        if request.prompt_syntax != "plain":
+            return {}
+        return self.text.overlong({"prompt": request.prompt, "negative prompt": request.negative_prompt})
 
-    def conditioning(self, request: Request, cfg: bool) -> dict[str, np.ndarray]:
-        """The text encoders' inputs to the UNet (prompt embeddings; SDXL: pooled and time ids too)."""
-        r = request
-        if len(self.text_encoders) == 2:
-            return sdxl_conditioning(
-                self.tokenizers, self.text_encoders, r.prompt, r.negative_prompt, r.batch, cfg,
-                self.manifest.force_zeros_for_empty_prompt, r.width, r.height,
-            )
-        return sd_conditioning(self.tokenizers[0], self.text_encoders[0], r.prompt, r.negative_prompt, r.batch, cfg)
+    def chunked_prompts(self, request: Request) -> dict[str, tuple[int, int]]:
+        """A1111 syntax: the prompts longer than one 75-token chunk, as {label: (tokens, chunks)}."""
+        if request.prompt_syntax == "plain":
+            return {}
+        return self.text.chunked({"prompt": request.prompt, "negative prompt": request.negative_prompt})
+
+    def schedule_steps(self, request: Request) -> int:
+        """The steps prompt editing counts in: A1111's total_steps (twice the steps for second-order samplers)."""
+        second_order = is_a1111_sampler(request.sampler) and A1111_SAMPLERS[request.sampler].second_order
+        return request.steps * (2 if second_order else 1)
+
+    def conditioning(self, request: Request, cfg: bool) -> TextConditioning:
+        """The text encoders' inputs to the UNet for every call (prompt embeddings; SDXL: pooled too)."""
+        return self.text.conditioning(request.prompt, request.negative_prompt, request.prompt_syntax,
+                                      request.clip_skip, self.schedule_steps(request), cfg)
+
+    def token_lengths(self, request: Request, cfg: bool) -> set[int]:
+        """The UNet context lengths `request` feeds it (77 per 75-token chunk), from the tokenizer alone."""
+        texts = [request.prompt]
+        if cfg and (request.negative_prompt or not self.manifest.force_zeros_for_empty_prompt):
+            texts.append(request.negative_prompt)
+        lengths = self.text.token_lengths(texts, request.prompt_syntax, self.schedule_steps(request))
+        return lengths | ({self.tokenizers[0].max_length} if len(texts) < (2 if cfg else 1) else set())
 
     def guidance_inputs(self, request: Request) -> dict[str, np.ndarray]:
         """LCM: the guidance scale embedding the UNet takes instead of CFG; nothing for other models."""
@@ -252,28 +254,12 @@ class Pipeline:
         w = np.full(request.batch, request.guidance - 1.0, np.float32)
         return {"timestep_cond": guidance_scale_embedding(w, self.manifest.time_cond_proj_dim)}
 
-    def _unet_prediction(self, request: Request, conditioning: dict, cfg: bool, extra: np.ndarray | None = None):
-        """The UNet as f(x_vp, t) -> its prediction (eps or v), guided by CFG or LCM's embedding.
-
-        Outside the request's guidance interval a CFG step runs the conditional half alone (one batch-1 call).
-        `extra`: channels appended to every sample (an inpainting UNet's mask and masked-image latents).
-        """
-        conditional = {k: v[request.batch:] if cfg and len(v) == 2 * request.batch else v
-                       for k, v in conditioning.items()}
+    def _unet_prediction(self, request: Request, conditioning: TextConditioning, cfg: bool,
+                         extra: np.ndarray | None = None):
+        """The UNet as f(x_vp, t) -> its prediction (engine/unet_inputs.py)."""
+        per_row = per_row_inputs(self.guidance_inputs(request), (request.width, request.height) if self.text.sdxl else None)
         train_timesteps = float(self.scheduler_config.get("num_train_timesteps", 1000))
-
-        def with_extra(x: np.ndarray) -> np.ndarray:
-            return x if extra is None else np.concatenate([x, np.tile(extra, (len(x) // len(extra), 1, 1, 1))], axis=1)
-
-        def predict(x: np.ndarray, t: float) -> np.ndarray:
-            if not (cfg and request.guides_at(t / train_timesteps)):
-                return self.unet(sample=with_extra(x), timestep=np.full(len(x), t, np.float32), **conditional)
-            sample = with_extra(np.concatenate([x, x]))
-            out = self.unet(sample=sample, timestep=np.full(len(sample), t, np.float32), **conditioning)
-            uncond, cond = np.split(out, 2)
-            return uncond + np.float32(request.guidance) * (cond - uncond)
-
-        return predict
+        return guided_prediction(self.unet, request, conditioning, cfg, per_row, train_timesteps, extra)
 
     def _denoiser(self, unet_prediction):
         if self.scheduler_config.get("prediction_type", "epsilon") == "v_prediction":
@@ -285,12 +271,20 @@ class Pipeline:
         scaled = latents / np.float32(self.manifest.vae_scaling_factor)
         return [img for x in scaled for img in to_uint8_images(self.vae_decoder(latent_sample=x[None]))]
 
-    def encode(self, request: Request) -> dict[str, np.ndarray]:
-        """The text encoders' part of `request`, reusable for any request with the same prompts, size, batch and CFG."""
+    def encode(self, request: Request) -> TextConditioning:
+        """The text encoders' part of `request`, reusable for any request with the same prompts, text settings,
+        CFG and (when the prompt edits per step) steps: see conditioning_key."""
         return self.conditioning(request, self.uses_cfg(request.guidance))
 
+    def conditioning_key(self, request: Request) -> tuple:
+        """Requests with equal keys share encode()'s result."""
+        edits = len(prompt_schedule(request.prompt, 1000)) > 1 or len(prompt_schedule(request.negative_prompt, 1000)) > 1
+        steps = self.schedule_steps(request) if edits and request.prompt_syntax != "plain" else None
+        return (self.uses_cfg(request.guidance), request.prompt, request.negative_prompt, request.prompt_syntax,
+                request.clip_skip, steps)
+
     def generate(self, request: Request, on_step: StepCallback | None = None,
-                 conditioning: dict[str, np.ndarray] | None = None,
+                 conditioning: TextConditioning | None = None,
                  on_denoised: DenoisedCallback | None = None) -> Result:
         """Run one request; `on_step(i, n)` after each step, `on_denoised(i, n, x0)` with the step's x0 estimate.
 
@@ -305,11 +299,24 @@ class Pipeline:
         cfg = self.uses_cfg(request.guidance)
         if conditioning is None:
             conditioning = self.conditioning(request, cfg)
-        conditioning = {**conditioning, **self.guidance_inputs(request)}
         timings["text_encoder"] = time.perf_counter() - started
 
-        seeds = [request.seed + i for i in range(request.batch)]
-        generator = TorchCompatibleNoise(seeds)
+        generator = request_noise(request, self.manifest)
+        callback = self._step_callback(on_step, on_denoised)
+        if is_a1111_sampler(request.sampler):
+            latents = self._sample_a1111(request, conditioning, cfg, generator, callback, timings)
+        else:
+            latents = self._sample_diffusers(request, conditioning, cfg, generator, callback, timings)
+
+        t0 = time.perf_counter()
+        images = self.decode(latents)
+        timings["vae_decoder"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - started
+        seeds, subseeds = request.image_seeds()
+        return Result(images=images, seeds=seeds, timings=timings, subseeds=subseeds)
+
+    def _sample_diffusers(self, request: Request, conditioning, cfg: bool, generator, callback, timings) -> np.ndarray:
+        """sdcpu's own samplers: diffusers' pipelines step for step (engine/samplers.py, engine/img2img.py)."""
         t0 = time.perf_counter()
         encoder = self.image_encoder.moments if request.init_image is not None else None
         start = starting_point(request, self.manifest, self.scheduler_config, encoder, generator, self.lcm_pipeline)
@@ -317,15 +324,31 @@ class Pipeline:
             timings["vae_encoder"] = time.perf_counter() - t0
         model = self._denoiser(self._unet_prediction(request, conditioning, cfg, start.unet_extra))
         t0 = time.perf_counter()
-        latents = sample_from(request.sampler, model, start.x, start.schedule, generator,
-                              self._step_callback(on_step, on_denoised), start.blend)
+        latents = sample_from(request.sampler, model, start.x, start.schedule, generator, callback, start.blend)
         timings["denoise"] = time.perf_counter() - t0
+        return latents
 
+    def _sample_a1111(self, request: Request, conditioning, cfg: bool, generator, callback, timings) -> np.ndarray:
+        """Automatic1111's samplers, as A1111 runs them (engine/a1111_loop.py); img2img from the posterior mean."""
+        init_latent = None
+        if request.init_image is not None:
+            t0 = time.perf_counter()
+            moments = self.image_encoder.moments(pixels_to_sample(request.init_image))
+            init_latent = np.repeat(posterior_mean(moments), request.batch, axis=0) * np.float32(self.manifest.vae_scaling_factor)
+            timings["vae_encoder"] = time.perf_counter() - t0
+        plan = self.a1111_plan(request)
+        eps_model = self._unet_prediction(request, conditioning, cfg)
         t0 = time.perf_counter()
-        images = self.decode(latents)
-        timings["vae_decoder"] = time.perf_counter() - t0
-        timings["total"] = time.perf_counter() - started
-        return Result(images=images, seeds=seeds, timings=timings)
+        v_prediction = self.scheduler_config.get("prediction_type") == "v_prediction"
+        latents = run_plan(plan, eps_model, generator.first(), init_latent,
+                           lambda: generator.randn((request.batch, *generator.shape)), callback, v_prediction)
+        timings["denoise"] = time.perf_counter() - t0
+        return latents
+
+    def a1111_plan(self, request: Request) -> Plan:
+        """The sigmas or timesteps an A1111 sampler steps through for `request`."""
+        strength = request.strength if request.init_image is not None else None
+        return make_plan(request.sampler, request.schedule_type, request.steps, self.scheduler_config, strength)
 
     @staticmethod
     def _step_callback(on_step: StepCallback | None, on_denoised: DenoisedCallback | None):

@@ -21,7 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from sdcpu.engine import a1111_fields
+from sdcpu.engine.a1111_fields import SDCPU_SAMPLERS
 from sdcpu.engine.atomic import atomic_write
+from sdcpu.engine.infotext_values import format_number, optional, parse_size, real_number, required, shown, whole_number
 from sdcpu.engine.png_text import PARAMETERS_KEY
 
 NEGATIVE_PREFIX = "Negative prompt:"
@@ -32,21 +35,9 @@ TINY_VAE_LABEL = "tiny"
 # only where a run of key characters starts (the lookbehind), and possessive quantifiers never
 # backtrack, so findall is linear: about 0.1 s per MB of the worst text we know.
 PARAM_PATTERN = re.compile(r'(?<![\w \-/])[ \-/]*+(\w[\w \-/]++):\s*+("(?:[^\\"]++|\\.)++"|[^,]*+)(?:,|$)')
-SIZE_PATTERN = re.compile(r"^(\d+)x(\d+)$")
 MIN_PARAMS_ON_LAST_LINE = 3
 REQUIRED_KEYS = ("Steps", "Sampler", "CFG scale", "Seed", "Size")
-SHOWN_CHARS = 40
 
-A1111_SAMPLERS = {
-    "euler": ("Euler", "Automatic"),
-    "euler-a": ("Euler a", "Automatic"),
-    "ddim": ("DDIM", "Automatic"),
-    "dpm++2m": ("DPM++ 2M", "Automatic"),
-    "dpm++2m-karras": ("DPM++ 2M", "Karras"),
-    "lcm": ("LCM", "Automatic"),
-    "pndm": ("PLMS", "Automatic"),
-}
-A1111_LEGACY_LABELS = {"DPM++ 2M Karras": "dpm++2m-karras", "k_euler": "euler", "k_euler_a": "euler-a"}
 
 
 @dataclass(frozen=True)
@@ -77,10 +68,19 @@ class GenerationParams:
     init_image_sha256: str = ""
     mask: str = ""
     mask_sha256: str = ""
+    schedule_type: str = ""
+    """An A1111 sampler's schedule type; empty for sdcpu's samplers, whose schedule the name fixes."""
+    prompt_syntax: str = "a1111"
+    clip_skip: int = 1
+    noise: str = "cpu"
+    subseed: int | None = None
+    subseed_strength: float | None = None
+    seed_resize_from: tuple[int, int] | None = None
+    model_hash: str = ""
+    model_path: str = ""
 
     def __post_init__(self):
-        if self.sampler not in A1111_SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; known: {', '.join(A1111_SAMPLERS)}")
+        a1111_fields.check_sampler(self.sampler)
 
 
 def quote(value) -> str:
@@ -101,20 +101,17 @@ def unquote(text: str) -> str:
         return text
 
 
-def format_number(value: float) -> str:
-    """Shortest exact text for a float, without a trailing .0 (7.0 -> "7")."""
-    value = float(value)
-    return str(int(value)) if value.is_integer() else repr(value)
-
-
 def parameter_items(p: GenerationParams) -> list[tuple[str, str]]:
     """The key-value line of p, A1111's keys first, in A1111's order."""
-    label, schedule = A1111_SAMPLERS[p.sampler]
+    label, schedule = a1111_fields.sampler_label(p.sampler, p.schedule_type)
     items = [("Steps", p.steps), ("Sampler", label), ("Schedule type", schedule),
              ("CFG scale", format_number(p.guidance)), ("Seed", p.seed), ("Size", f"{p.width}x{p.height}"),
-             ("Model", p.model),
+             ("Model hash", p.model_hash), ("Model", p.model), *a1111_fields.seed_items(p),
              ("Denoising strength", "" if p.strength is None else format_number(p.strength)),
-             ("Mask blur", "" if p.mask_blur is None else p.mask_blur), ("sdcpu sampler", p.sampler), ("Backend", p.backend),
+             *a1111_fields.text_encoder_items(p),
+             ("Mask blur", "" if p.mask_blur is None else p.mask_blur),
+             ("sdcpu sampler", p.sampler if p.sampler in SDCPU_SAMPLERS else ""),
+             ("Prompt syntax", p.prompt_syntax), ("Model path", p.model_path), ("Backend", p.backend),
              ("Precision", p.precision), ("Inference precision", p.inference_precision),
              ("DeepCache", p.deepcache or ""), ("VAE", TINY_VAE_LABEL if p.tiny_vae else ""),
              ("Guidance interval", format_interval(p.guidance_interval) if p.guidance_interval else ""),
@@ -172,66 +169,6 @@ def parse_parameters(text: str) -> dict[str, str]:
     return result
 
 
-def shown(value: str) -> str:
-    """VALUE quoted for an error message, cut short so that the message stays one readable line."""
-    return repr(value if len(value) <= SHOWN_CHARS else value[:SHOWN_CHARS] + "...")
-
-
-def required(fields: dict[str, str], key: str) -> str:
-    """The value of KEY; a ValueError naming it when the infotext lacks it."""
-    if key not in fields:
-        raise ValueError(f"the generation parameters lack {key}")
-    return fields[key]
-
-
-def whole_number(fields: dict[str, str], key: str) -> int:
-    """The value of KEY as an int."""
-    text = required(fields, key)
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"{key} {shown(text)} is not a whole number") from None
-
-
-def real_number(fields: dict[str, str], key: str) -> float:
-    """The value of KEY as a float."""
-    text = required(fields, key)
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"{key} {shown(text)} is not a number") from None
-
-
-def sampler_from_fields(fields: dict[str, str]) -> str:
-    """Our sampler name: sdcpu's own key if present, else mapped back from A1111's label."""
-    if "sdcpu sampler" in fields:
-        return known_sampler(fields["sdcpu sampler"])
-    label, schedule = required(fields, "Sampler"), fields.get("Schedule type", "Automatic")
-    if label in A1111_LEGACY_LABELS:
-        return A1111_LEGACY_LABELS[label]
-    if label == "DPM++ 2M" and schedule == "Karras":
-        return "dpm++2m-karras"
-    for name, (known_label, _) in A1111_SAMPLERS.items():
-        if known_label == label and name != "dpm++2m-karras":
-            return name
-    raise ValueError(f"sampler {shown(label)} has no sdcpu equivalent (known: {', '.join(A1111_SAMPLERS)})")
-
-
-def known_sampler(name: str) -> str:
-    """NAME if it is one of our samplers."""
-    if name not in A1111_SAMPLERS:
-        raise ValueError(f"unknown sampler {shown(name)}; known: {', '.join(A1111_SAMPLERS)}")
-    return name
-
-
-def parse_size(size: str) -> tuple[int, int]:
-    """(width, height) from A1111's "WxH"."""
-    match = SIZE_PATTERN.match(size)
-    if match is None:
-        raise ValueError(f"size {shown(size)} is not WIDTHxHEIGHT")
-    return int(match.group(1)), int(match.group(2))
-
-
 def version_from_fields(fields: dict[str, str]) -> str:
     """Our version number from "Version: sdcpu X.Y.Z"; empty for A1111's own versions."""
     version = fields.get("Version", "")
@@ -242,7 +179,7 @@ FIELD_READERS = {
     "prompt": lambda fields: fields["Prompt"],
     "negative_prompt": lambda fields: fields["Negative prompt"],
     "steps": lambda fields: whole_number(fields, "Steps"),
-    "sampler": sampler_from_fields,
+    "sampler": a1111_fields.sampler_from_fields,
     "guidance": lambda fields: real_number(fields, "CFG scale"),
     "seed": lambda fields: whole_number(fields, "Seed"),
     "width": lambda fields: parse_size(required(fields, "Size"))[0],
@@ -253,17 +190,20 @@ FIELD_READERS = {
     "precision": lambda fields: fields.get("Precision", ""),
     "sdcpu_version": version_from_fields,
     "inference_precision": lambda fields: fields.get("Inference precision", ""),
-    "deepcache": lambda fields: whole_number(fields, "DeepCache") if fields.get("DeepCache") else None,
+    "deepcache": lambda fields: optional(fields, "DeepCache", whole_number),
     "tiny_vae": lambda fields: fields.get("VAE") == TINY_VAE_LABEL,
     "guidance_interval": lambda fields: parse_interval(fields["Guidance interval"])
     if fields.get("Guidance interval") else None,
-    "strength": lambda fields: real_number(fields, "Denoising strength") if fields.get("Denoising strength") else None,
-    "mask_blur": lambda fields: whole_number(fields, "Mask blur") if fields.get("Mask blur") else None,
+    "strength": lambda fields: optional(fields, "Denoising strength", real_number),
+    "mask_blur": lambda fields: optional(fields, "Mask blur", whole_number),
     "resize_mode": lambda fields: fields.get("Resize mode", ""),
     "init_image": lambda fields: fields.get("Init image", ""),
     "init_image_sha256": lambda fields: fields.get("Init image SHA-256", ""),
     "mask": lambda fields: fields.get("Mask", ""),
     "mask_sha256": lambda fields: fields.get("Mask SHA-256", ""),
+    "model_hash": lambda fields: fields.get("Model hash", ""),
+    "model_path": lambda fields: fields.get("Model path", ""),
+    **a1111_fields.FIELD_READERS,
 }
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 import sdcpu
+from sdcpu.engine.a1111_samplers import AUTOMATIC, resolve_a1111_name, sampler_names
 from sdcpu.engine.deepcache import has_deepcache_graphs
 from sdcpu.engine.errors import UserError
 from sdcpu.engine.img2img import MASK_WITHOUT_IMAGE
@@ -28,7 +29,8 @@ from sdcpu.engine.manifest import Manifest
 from sdcpu.engine.noise import resolve_seed
 from sdcpu.engine.pipeline import Pipeline
 from sdcpu.engine.pngmeta import GenerationParams, parse_interval
-from sdcpu.engine.request import FULL_INTERVAL, Request
+from sdcpu.engine.request import A1111_SYNTAX, FULL_INTERVAL, Request
+from sdcpu.engine.samplers import SAMPLERS
 from sdcpu.engine.size_limits import check_size_limits, check_size_multiple
 from sdcpu.models.registry import DEFAULT_MODEL, FAMILIES, fast_preset, model_guidance, model_size, model_steps
 
@@ -79,22 +81,56 @@ def image_steps(steps: int, strength: float) -> int:
     return total
 
 
+def _resolved_seed(seed: int, flag: str = "--seed") -> int:
+    try:
+        return resolve_seed(seed)
+    except ValueError as exc:
+        raise UserError(f"{flag}: {exc}") from None
+
+
+def sampler_choice(scheduler: str | None, schedule_type: str | None, pipe: Pipeline) -> tuple[str, str]:
+    """(sampler, schedule type) for --scheduler/--sampler and --schedule-type: sdcpu's diffusers-exact samplers
+    by their names (euler, dpm++2m, ...), A1111's by its labels ("DPM++ 2M", "Euler a", "DPM++ 2M Karras")."""
+    if scheduler is None or scheduler in SAMPLERS:
+        if schedule_type not in (None, "", AUTOMATIC):
+            raise UserError(f"--schedule-type applies to the Automatic1111 samplers (e.g. --sampler \"DPM++ 2M\"); "
+                            f"{scheduler or pipe.default_sampler()} fixes its own schedule")
+        return scheduler or pipe.default_sampler(), AUTOMATIC
+    resolved = resolve_a1111_name(scheduler, schedule_type)
+    if resolved is None:
+        raise UserError(f"unknown sampler {scheduler!r}; sdcpu's own: {', '.join(SAMPLERS)}; "
+                        f"Automatic1111's: {', '.join(sampler_names())}")
+    return resolved
+
+
+def seed_settings(pipe: Pipeline, scheduler: str | None, schedule_type: str | None = None,
+                  prompt_syntax: str | None = None, clip_skip: int | None = None, noise: str | None = None,
+                  subseed: int | None = None, subseed_strength: float | None = None,
+                  seed_resize_from: tuple[int, int] | None = None) -> dict:
+    """The Request fields for the sampler and A1111's text and noise settings, defaults filled in."""
+    sampler, schedule = sampler_choice(scheduler, schedule_type, pipe)
+    strength = subseed_strength or 0.0
+    return dict(sampler=sampler, schedule_type=schedule, prompt_syntax=prompt_syntax or A1111_SYNTAX,
+                clip_skip=1 if clip_skip is None else clip_skip, noise=noise or "cpu",
+                subseed=_resolved_seed(subseed, "--subseed") if subseed is not None and strength > 0 else None,
+                subseed_strength=strength, seed_resize_from=seed_resize_from)
+
+
 def build_request(pipe: Pipeline, prompt: str, negative_prompt: str, steps, guidance, seed: int,
                   width, height, scheduler, batch: int,
                   guidance_interval: tuple[float, float] | None = None, images: ImageInputs | None = None,
-                  log: Callable[[str], None] | None = None) -> Request:
+                  log: Callable[[str], None] | None = None, **settings) -> Request:
     """Options left out take the family's defaults and the model's native size and scheduler.
 
     With an init image the size follows it, strength is the family's, and left-out steps are as many as make
-    the family's default number of steps run (diffusers runs int(steps x strength) of them)."""
+    the family's default number of steps run (diffusers runs int(steps x strength) of them).
+    `settings`: seed_settings' keywords (schedule type, prompt syntax, clip skip, noise source, variation seed)."""
     m = pipe.manifest
     default_w, default_h = model_size(m)
     width, height = request_size(m, width, height, images)
     width, height = default_w if width is None else width, default_h if height is None else height
-    try:
-        resolved_seed = resolve_seed(seed)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    resolved_seed = _resolved_seed(seed)
+    chosen = seed_settings(pipe, scheduler, **settings)
     extra = {}
     if images is not None:
         check_size_multiple(width, height, m.size_multiple)  # before any resize to it
@@ -115,9 +151,9 @@ def build_request(pipe: Pipeline, prompt: str, negative_prompt: str, steps, guid
         seed=resolved_seed,
         width=width,
         height=height,
-        sampler=scheduler or pipe.default_sampler(),
         batch=batch,
         guidance_interval=guidance_interval or FULL_INTERVAL,
+        **chosen,
         **extra,
     )
 
@@ -134,10 +170,17 @@ def image_fields(request: Request, images: ImageInputs | None) -> dict:
     return fields
 
 
-def params_for(pipe: Pipeline, request: Request, seed: int, images: ImageInputs | None = None) -> GenerationParams:
-    """Everything needed to reproduce one image, for its PNG text chunk."""
+def params_for(pipe: Pipeline, request: Request, seed: int, images: ImageInputs | None = None,
+               subseed: int | None = None) -> GenerationParams:
+    """Everything needed to reproduce one image (its seed and variation seed), for its PNG text chunk."""
     m = pipe.manifest
+    varied = request.subseed_strength > 0
     return GenerationParams(
+        schedule_type="" if request.sampler in SAMPLERS else request.schedule_type,
+        prompt_syntax=request.prompt_syntax, clip_skip=request.clip_skip, noise=request.noise,
+        subseed=(request.subseed if subseed is None else subseed) if varied else None,
+        subseed_strength=request.subseed_strength if varied else None, seed_resize_from=request.seed_resize_from,
+        model_hash=m.a1111_hash or "", model_path=str(pipe.folder.resolve()),
         prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
         sampler=request.sampler, guidance=request.guidance, seed=seed, width=request.width,
         height=request.height, model=pipe.folder.resolve().name, model_family=m.family, backend=m.format,

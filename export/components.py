@@ -10,7 +10,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sdcpu.engine.graph_shapes import CONTEXT_TOKENS_AXIS
 from sdcpu.engine.manifest import TINY_VAE_DECODER
+from sdcpu.engine.tokenizer import DEFAULT_MAX_LENGTH as CLIP_TOKENS
+
+CLIP_SKIP_STATES = "clip_skip_states"
 
 
 @dataclass
@@ -26,14 +30,21 @@ class ComponentSpec:
 
 
 class TextEncoderGraph(torch.nn.Module):
-    """CLIP text encoder: token ids -> last hidden state (what SD1.5 cross-attends to)."""
+    """CLIP text encoder: token ids -> last hidden state (what SD1.5 cross-attends to) and clip-skip states.
+
+    `clip_skip_states[:, N-1]` is final_layer_norm(hidden_states[-N]), what A1111's clip skip N feeds the UNet
+    (modules/sd_hijack_clip.py, encode_with_transformers); N = 1 is the last hidden state itself.
+    """
 
     def __init__(self, text_encoder):
         super().__init__()
         self.text_encoder = text_encoder
+        self.final_layer_norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm
 
     def forward(self, input_ids):
-        return self.text_encoder(input_ids, return_dict=False)[0]
+        out = self.text_encoder(input_ids, output_hidden_states=True, return_dict=True)
+        skipped = [self.final_layer_norm(h) for h in out.hidden_states[-2:0:-1]]
+        return out.last_hidden_state, torch.stack([out.last_hidden_state, *skipped], dim=1)
 
 
 class PenultimateTextEncoderGraph(torch.nn.Module):
@@ -127,20 +138,21 @@ def _odd_latent_side(unet) -> int:
     return unet_size_factor(unet) * 2 + 1 if unet_size_factor(unet) > 1 else 9
 
 
-def _token_ids(text_encoder, length: int = 77) -> list[torch.Tensor]:
+def _token_ids(text_encoder, length: int = CLIP_TOKENS) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     return [torch.randint(0, text_encoder.config.vocab_size, (b, length), generator=gen) for b in (1, 2)]
 
 
 def text_encoder_spec(text_encoder) -> ComponentSpec:
-    """Spec for SD1.5's CLIP text encoder (last hidden state) at batch 1 and 2."""
+    """Spec for SD1.5's CLIP text encoder (last hidden state, clip-skip states) at batch 1 and 2."""
     ids = _token_ids(text_encoder)
+    outputs = ["last_hidden_state", CLIP_SKIP_STATES]
     return ComponentSpec(
         name="text_encoder",
         module=TextEncoderGraph(text_encoder).eval(),
         inputs={"input_ids": ids[0]},
-        dynamic_axes={"input_ids": {0: "batch"}, "last_hidden_state": {0: "batch"}},
-        outputs=["last_hidden_state"],
+        dynamic_axes={"input_ids": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
+        outputs=outputs,
         parity_inputs=[{"input_ids": i} for i in ids],
     )
 
@@ -159,12 +171,12 @@ def sdxl_text_encoder_spec(name: str, text_encoder, with_projection: bool) -> Co
     )
 
 
-def _unet_inputs(unet, batch: int, height: int, width: int, gen) -> dict[str, torch.Tensor]:
+def _unet_inputs(unet, batch: int, height: int, width: int, gen, tokens: int = CLIP_TOKENS) -> dict[str, torch.Tensor]:
     cfg = unet.config
     inputs = {
         "sample": torch.randn(batch, cfg.in_channels, height, width, generator=gen),
         "timestep": torch.full((batch,), 500.0),
-        "encoder_hidden_states": torch.randn(batch, 77, cfg.cross_attention_dim, generator=gen),
+        "encoder_hidden_states": torch.randn(batch, tokens, cfg.cross_attention_dim, generator=gen),
     }
     if cfg.time_cond_proj_dim is not None:
         inputs["timestep_cond"] = torch.randn(batch, cfg.time_cond_proj_dim, generator=gen)
@@ -176,20 +188,23 @@ def _unet_inputs(unet, batch: int, height: int, width: int, gen) -> dict[str, to
 
 
 def unet_spec(unet) -> ComponentSpec:
-    """Spec for the UNet, traced at an odd latent size so every size works."""
+    """Spec for the UNet, traced at an odd latent size so every size works.
+
+    The context's token axis is dynamic (prompts past 77 tokens are encoded 77 at a time and concatenated,
+    as A1111 does); the second parity check feeds two chunks."""
     gen = torch.Generator().manual_seed(1)
     side = _odd_latent_side(unet)
     factor = unet_size_factor(unet)
     axes = {
         "sample": {0: "batch", 2: "height", 3: "width"},
         "timestep": {0: "batch"},
-        "encoder_hidden_states": {0: "batch"},
+        "encoder_hidden_states": {0: "batch", 1: CONTEXT_TOKENS_AXIS},
         "out_sample": {0: "batch", 2: "height", 3: "width"},
     }
     inputs = _unet_inputs(unet, 2, side, side + factor, gen)
     extra = [k for k in inputs if k not in axes]
     axes.update({k: {0: "batch"} for k in extra})
-    checks = [_unet_inputs(unet, 1, factor * 4, factor * 3, gen), _unet_inputs(unet, 2, 8, 8, gen)]
+    checks = [_unet_inputs(unet, 1, factor * 4, factor * 3, gen), _unet_inputs(unet, 2, 8, 8, gen, 2 * CLIP_TOKENS)]
     return ComponentSpec(
         name="unet", module=UNetGraph(unet, extra).eval(), inputs=inputs, dynamic_axes=axes,
         outputs=["out_sample"], parity_inputs=checks,

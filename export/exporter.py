@@ -15,6 +15,7 @@ import sdcpu
 from sdcpu.engine.backends import exact_precision, load_graph
 from sdcpu.engine.errors import UserError
 from sdcpu.engine.manifest import ComponentEntry, Manifest, staging_folder, write_manifest
+from sdcpu.export.checkpoint_hash import source_hashes
 from sdcpu.export.components import (
     ComponentSpec,
     sdxl_text_encoder_spec,
@@ -260,6 +261,7 @@ def _export_into(staging: Path, src, family: str, options: ExportOptions, out_di
         entries = _reduce_precision(fp32_dir, staging, family, options, fp32_entries, checks, size, log)
     del checks
     manifest = _manifest(src, family, options, entries, out_dir)
+    manifest.source_sha256, manifest.a1111_hash = source_hashes(src, log)
     write_manifest(staging, manifest)
     if options.precision != "fp32" and options.quality_check:
         manifest.quality = _quality(fp32_dir, staging, size, log)

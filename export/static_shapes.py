@@ -10,7 +10,9 @@ import os
 from pathlib import Path
 
 from sdcpu.engine.errors import UserError
+from sdcpu.engine.graph_shapes import CONTEXT_TOKENS_AXIS
 from sdcpu.engine.manifest import ComponentEntry
+from sdcpu.engine.tokenizer import DEFAULT_MAX_LENGTH
 
 
 def static_input_shapes(entries: dict[str, ComponentEntry], width: int, height: int, batch: int,
@@ -21,13 +23,13 @@ def static_input_shapes(entries: dict[str, ComponentEntry], width: int, height: 
     shapes = {}
     for name, entry in entries.items():
         if name.startswith("text_encoder"):
-            shapes[name] = {"input_ids": [1, 77]}
+            shapes[name] = {"input_ids": [1, DEFAULT_MAX_LENGTH]}
         elif name.startswith("vae_decoder"):
             shapes[name] = {"latent_sample": [1, latent_channels, *latent]}
         elif name == "vae_encoder":
             shapes[name] = {"sample": [1, 3, height, width]}
         else:
-            unet = {k: [rows, *v["shape"][1:]] for k, v in entry.inputs.items()}
+            unet = {k: [rows, *(_fixed_tokens(d) for d in v["shape"][1:])] for k, v in entry.inputs.items()}
             unet["sample"] = [rows, entry.inputs["sample"]["shape"][1], *latent]
             shapes[name] = unet
     for name, inputs in shapes.items():
@@ -35,6 +37,11 @@ def static_input_shapes(entries: dict[str, ComponentEntry], width: int, height: 
             if any(isinstance(d, str) for d in shape):
                 raise UserError(f"{name} input {key} has an axis besides batch/size that cannot be fixed: {shape}")
     return shapes
+
+
+def _fixed_tokens(dim):
+    """The context's token axis fixed at one 77-token chunk (a longer prompt recompiles or is refused)."""
+    return DEFAULT_MAX_LENGTH if dim == CONTEXT_TOKENS_AXIS else dim
 
 
 def make_static_openvino(xml: Path, shapes: dict[str, list[int]]) -> None:

@@ -47,3 +47,14 @@ def tiny_exports(tiny_sources, tmp_path_factory) -> dict[tuple[str, str], Path]:
             export_model(str(source), out, fmt=fmt, precision="fp32", log=lambda line: None)
             exports[family, fmt] = out
     return exports
+
+
+@pytest.fixture(scope="session")
+def torch():
+    return pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="session")
+def kernel(torch) -> str:
+    """The Box-Muller kernel this torch build runs for numel >= 16 (engine/noise.py)."""
+    return "avx2" if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") else "scalar"

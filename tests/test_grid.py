@@ -108,6 +108,7 @@ def test_text_encoder_runs_once_per_grid(tiny_exports, tmp_path, monkeypatch, gu
     def init(self, *args, **kwargs):
         real_init(self, *args, **kwargs)
         self.text_encoders = [CountingGraph(g, encoder_calls) for g in self.text_encoders]
+        self.text.encoders = self.text_encoders
 
     def conditioning(self, request, cfg):
         conditioning_calls.append(cfg)
@@ -151,7 +152,10 @@ def test_grid_cell_equals_generate(tiny_exports, tmp_path, family, fmt, guidance
     (("--seeds", "3,3"), "--seeds lists 3 more than once"),
     (("--steps", ",".join(map(str, range(1, 10))), "--seeds", "1,2,3,4,5,6,7,8"), "grid of 72 cells; at most 64"),
     (("--steps", "1,2", "--width", "60"), "multiple of 8"),
-    (("--steps", "1,2", "--scheduler", "heun"), "unknown scheduler"),
+    (("--steps", "1,2", "--scheduler", "heunn"), "unknown sampler 'heunn'; sdcpu's own"),
+        (("--steps", "1,2", "--sampler", "DPM++ SDE"), "nearest we have is 'DPM++ 2S a'"),
+        (("--steps", "1,2", "--sampler", "Euler", "--schedule-type", "Beta"), "nearest we have is 'Karras'"),
+        (("--steps", "1,2", "--subseed-strengths", "0,0.1"), "--subseed-strengths needs --subseed"),
 ])
 def test_grid_user_errors(tiny_exports, tmp_path, args, expected):
     result, text = run("grid", "p", "--model", tiny_exports["sd15", "openvino"], "--seeds", "1", *SIZE,

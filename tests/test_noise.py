@@ -17,15 +17,7 @@ SEED0_SECOND_LATENTS_TAIL = [0.2194228619337082, -1.6988605260849, 1.30942404270
 SEED0_SMALL = [1.5409960746765137, -0.293428897857666, -2.1787893772125244]
 
 
-@pytest.fixture(scope="module")
-def torch():
-    return pytest.importorskip("torch")
-
-
-@pytest.fixture(scope="module")
-def kernel(torch) -> str:
-    """The Box-Muller kernel this torch build runs for numel >= 16."""
-    return "avx2" if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") else "scalar"
+# fixtures `torch` and `kernel`: tests/conftest.py
 
 
 def torch_draws(torch, seed: int, shapes) -> list[np.ndarray]:

@@ -10,15 +10,10 @@ import pytest
 from PIL import Image
 
 from sdcpu.engine import pngmeta
+from sdcpu.engine.a1111_fields import SDCPU_SAMPLERS
+from sdcpu.engine.a1111_samplers import A1111_SAMPLERS
 from sdcpu.engine.png_text import read_parameters
-from sdcpu.engine.pngmeta import (
-    A1111_SAMPLERS,
-    GenerationParams,
-    format_parameters,
-    params_from_text,
-    parse_parameters,
-    save_png,
-)
+from sdcpu.engine.pngmeta import GenerationParams, format_parameters, params_from_text, parse_parameters, save_png
 
 REAL_A1111 = ("a cat, masterpiece\nNegative prompt: blurry, lowres\nSteps: 20, Sampler: DPM++ 2M, "
               "Schedule type: Karras, CFG scale: 7, Seed: 1234567, Size: 512x768, Model hash: 6ce0161689, "
@@ -46,10 +41,21 @@ def make_image(height=8, width=12) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("sampler", list(A1111_SAMPLERS))
+@pytest.mark.parametrize("sampler", list(SDCPU_SAMPLERS))
 def test_round_trip_every_sampler(sampler):
     params = make_params(sampler=sampler)
     assert params_from_text(format_parameters(params)) == params
+
+
+@pytest.mark.parametrize("sampler", list(A1111_SAMPLERS))
+@pytest.mark.parametrize("schedule", ["Automatic", "Karras", "SGM Uniform"])
+def test_round_trip_every_a1111_sampler(sampler, schedule):
+    params = make_params(sampler=sampler, schedule_type=schedule, noise="nv", clip_skip=2, subseed=9,
+                         subseed_strength=0.25, seed_resize_from=(512, 384), model_hash="0123456789")
+    text = format_parameters(params)
+    assert "sdcpu sampler" not in text and f"Sampler: {sampler}, Schedule type: {schedule}" in text
+    assert "Clip skip: 2" in text and "RNG: NV" in text and "Seed resize from: 512x384" in text
+    assert params_from_text(text) == params
 
 
 @pytest.mark.parametrize("prompt,negative", PROMPTS, ids=range(len(PROMPTS)))
@@ -66,8 +72,8 @@ def test_round_trip_guidance_exactly(guidance):
 def test_format_matches_a1111_layout():
     text = format_parameters(make_params(guidance=7.0, seed=123, width=512, height=512))
     assert text == ("a cat\nNegative prompt: blurry\nSteps: 25, Sampler: DPM++ 2M, Schedule type: Karras, "
-                    "CFG scale: 7, Seed: 123, Size: 512x512, Model: sd15-ov, sdcpu sampler: dpm++2m-karras, "
-                    "Backend: openvino, Precision: fp32, Family: sd15, Version: sdcpu 0.1.0")
+                    "CFG scale: 7, Seed: 123, Size: 512x512, Model: sd15-ov, RNG: CPU, sdcpu sampler: dpm++2m-karras, "
+                    "Prompt syntax: a1111, Backend: openvino, Precision: fp32, Family: sd15, Version: sdcpu 0.1.0")
 
 
 def test_format_omits_empty_negative_and_quotes_like_a1111():
@@ -82,8 +88,9 @@ def test_parse_real_a1111_text():
     assert fields["Model hash"] == "6ce0161689" and fields["Version"] == "v1.9.4"
     params = params_from_text(REAL_A1111)
     assert params == GenerationParams(prompt="a cat, masterpiece", negative_prompt="blurry, lowres", steps=20,
-                                      sampler="dpm++2m-karras", guidance=7.0, seed=1234567, width=512, height=768,
-                                      model="v1-5-pruned-emaonly")
+                                      sampler="DPM++ 2M", schedule_type="Karras", guidance=7.0, seed=1234567,
+                                      width=512, height=768, model="v1-5-pruned-emaonly", noise="nv",
+                                      model_hash="6ce0161689")
 
 
 def test_parse_a1111_multiline_and_quoted_values():
@@ -95,18 +102,21 @@ def test_parse_a1111_multiline_and_quoted_values():
     assert fields["Negative prompt"] == "ugly,\n  lowres"
     assert fields["Lora hashes"] == "detail: 1a2b, style: 3c4d"
     params = params_from_text(text)
-    assert (params.sampler, params.guidance, params.width, params.height) == ("euler-a", 6.5, 640, 448)
+    assert (params.sampler, params.guidance, params.width, params.height) == ("Euler a", 6.5, 640, 448)
     assert params.model == "name, with comma" and params.sdcpu_version == ""
 
 
 @pytest.mark.parametrize("label,schedule,expected", [
-    ("DPM++ 2M Karras", None, "dpm++2m-karras"), ("DPM++ 2M", "Automatic", "dpm++2m"), ("DPM++ 2M", None, "dpm++2m"),
-    ("Euler", "Automatic", "euler"), ("DDIM", None, "ddim"), ("PLMS", None, "pndm"), ("LCM", "Automatic", "lcm"),
+    ("DPM++ 2M Karras", None, ("DPM++ 2M", "Karras")), ("DPM++ 2M", "Automatic", ("DPM++ 2M", "Automatic")),
+    ("DPM++ 2M", None, ("DPM++ 2M", "Automatic")), ("Euler", "Automatic", ("Euler", "Automatic")),
+    ("DDIM", None, ("DDIM", "Automatic")), ("PLMS", None, ("PLMS", "Automatic")), ("LCM", "Automatic", ("LCM", "Automatic")),
+    ("k_dpm_2_a", "Exponential", ("DPM2 a", "Exponential")), ("DPM2 a Karras", None, ("DPM2 a", "Karras")),
 ])
-def test_a1111_sampler_labels_map_back(label, schedule, expected):
+def test_a1111_sampler_labels_pick_the_a1111_samplers(label, schedule, expected):
     schedule_text = f", Schedule type: {schedule}" if schedule else ""
     text = f"p\nSteps: 20, Sampler: {label}{schedule_text}, CFG scale: 7, Seed: 1, Size: 64x64"
-    assert params_from_text(text).sampler == expected
+    params = params_from_text(text)
+    assert (params.sampler, params.schedule_type) == expected
 
 
 @pytest.mark.parametrize("text", ["", "just a prompt", "a cat\nNegative prompt: dog", None])
@@ -117,8 +127,10 @@ def test_text_without_parameters_is_one_line_value_error(text):
 
 
 def test_unknown_a1111_sampler_is_value_error():
-    with pytest.raises(ValueError, match="no sdcpu equivalent"):
+    with pytest.raises(ValueError, match="not available in sdcpu.*nearest we have is 'DPM\\+\\+ 2S a'"):
         params_from_text("p\nSteps: 20, Sampler: DPM++ SDE, CFG scale: 7, Seed: 1, Size: 64x64")
+    with pytest.raises(ValueError, match="not an Automatic1111 sampler"):
+        params_from_text("p\nSteps: 20, Sampler: Made Up, CFG scale: 7, Seed: 1, Size: 64x64")
 
 
 def test_save_png_then_read_back(tmp_path):

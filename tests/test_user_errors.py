@@ -110,10 +110,14 @@ def test_unreasonable_guidance_is_refused(tmp_path, guidance):
 
 
 def test_a_prompt_longer_than_the_encoder_reads_gets_a_note(tmp_path):
-    result = runner.invoke(app, ["generate", "red circle " * 60, "--seed", "3", "--steps", "2",
-                                 "-o", str(tmp_path / "x.png")])
+    result = runner.invoke(app, ["generate", "red circle " * 60, "--seed", "3", "--steps", "2", "--prompt-syntax",
+                                 "plain", "-o", str(tmp_path / "x.png")])
     assert result.exit_code == 0, result.output
     assert "the prompt is 120 tokens long; only its first 75 are used" in result.output
+    result = runner.invoke(app, ["generate", "red circle " * 60, "--seed", "3", "--steps", "2",
+                                 "-o", str(tmp_path / "y.png")])
+    assert result.exit_code == 0, result.output
+    assert "the prompt is 120 tokens long in 2 chunks of up to 75" in result.output
 
 
 def test_a_short_prompt_gets_no_note(tmp_path):

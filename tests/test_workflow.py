@@ -117,7 +117,8 @@ def test_from_an_automatic1111_png(tiny_exports, tmp_path):
     result, text = run("generate", "--from", png, "--model", tiny_exports["sd15", "onnx"], "-o", out)
     assert result.exit_code == 0, text
     p = params(out)
-    assert (p.steps, p.sampler, p.guidance, p.seed, p.width, p.height) == (3, "dpm++2m-karras", 7.0, 1234567890, 64, 64)
+    assert (p.steps, p.sampler, p.schedule_type, p.guidance, p.seed) == (3, "DPM++ 2M", "Karras", 7.0, 1234567890)
+    assert (p.width, p.height, p.noise) == (64, 64, "nv")
     assert p.negative_prompt == "blurry, lowres" and p.prompt.startswith("masterpiece")
 
 

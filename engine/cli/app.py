@@ -21,52 +21,26 @@ app = typer.Typer(
 )
 
 
-INFERENCE_PRECISION_HELP = (
-    "OpenVINO models: auto (bf16 on CPUs that compute it natively, AVX512-BF16 or AMX: about 2x faster UNet and "
-    "VAE, images within bf16 rounding; f32 elsewhere; $SDCPU_INFERENCE_PRECISION pins it), bf16, or f32 (exact: "
-    "with an fp32 export it reproduces diffusers)."
-)
-DEEPCACHE_HELP = (
-    "DeepCache every N: run the full UNet on every N-th call and only its shallowest branch, on the cached deep "
-    "features, in between (N=3: 2.25x faster SD1.5 steps on the int8 hybrid export; images change, see "
-    "bench/RESULTS.md). Needs an export made with --deepcache. Default: off."
-)
-GUIDANCE_INTERVAL_HELP = (
-    "LOW-HIGH: run classifier-free guidance only while the noise level (timestep / training timesteps, 1 = pure "
-    "noise) is in this interval, and the conditional UNet half alone outside it (half the UNet work on those "
-    "steps; Kynkaanniemi et al. 2024). 0.4-1 drops guidance for the last part of SD1.5's schedule. Default 0-1 (always)."
-)
-FAST_HELP = (
-    "The fast preset of the model's family for every speed option left out (SD1.5: --deepcache 3; LCM: "
-    "--deepcache 2), kept by measurement (bench/RESULTS.md: speed and shapes-model match). DeepCache needs an "
-    "export made with --deepcache (or `sdcpu export --fast`)."
-)
-INIT_IMAGE_HELP = (
-    "Start from this picture instead of noise (image-to-image, as diffusers' Img2Img pipelines): it is resized to "
-    "--width/--height (default: its own size rounded down to a multiple of 8), encoded, and noised to --strength."
-)
-STRENGTH_HELP = (
-    "How much of the init image is repainted, in (0, 1]: int(steps x strength) of the steps run, from that noise "
-    "level (1 = all noise). Default 0.75 (1 for inpainting models); left-out --steps grow so that the family's "
-    "default number of steps runs. LCM models keep all --steps on a shorter schedule, as diffusers' LCM does."
-)
-MASK_HELP = (
-    "Inpaint: a picture the size of the init image, white = repaint, black = keep. Inpainting models (9-channel "
-    "UNet) see it; other models get the kept part put back after every step (diffusers' StableDiffusionInpaintPipeline)."
-)
-MASK_BLUR_HELP = "Blur the mask by this many pixels (Gaussian, as A1111) for a soft seam. Default 0 (a sharp mask, as diffusers)."
-RESIZE_HELP = (
-    "When --width/--height give another aspect than the init image's: stretch (A1111's 'Just resize', the "
-    "default), crop ('Crop and resize': fill, cut the centre) or fit ('Resize and fill': fit inside, edges extended)."
-)
-STATIC_SHAPES_HELP = (
-    "OpenVINO: compile every graph for the image size about to be made (one row; CFG halves and batches run "
-    "row by row), 1.14x faster UNet calls than dynamic shapes (bench/RESULTS.md); a new size recompiles once, "
-    "cached. --dynamic-shapes compiles one build for every size."
-)
-TINY_VAE_HELP = (
-    "Decode with the export's tiny VAE (TAESD-style AutoencoderTiny): SD1.5's 512x512 decode takes 0.5 s "
-    "instead of about 6 s; the image differs (how much depends on the tiny VAE). Needs an export made with --tiny-vae."
+from sdcpu.engine.cli.shared_options import (  # noqa: E402
+    CLIP_SKIP_OPTION,
+    DEEPCACHE_HELP,
+    FAST_HELP,
+    GUIDANCE_INTERVAL_HELP,
+    INFERENCE_PRECISION_HELP,
+    INIT_IMAGE_HELP,
+    MASK_BLUR_HELP,
+    MASK_HELP,
+    NOISE_OPTION,
+    PROMPT_SYNTAX_OPTION,
+    RESIZE_HELP,
+    SAMPLER_HELP,
+    SCHEDULE_TYPE_OPTION,
+    SEED_RESIZE_OPTION,
+    STATIC_SHAPES_HELP,
+    STRENGTH_HELP,
+    SUBSEED_OPTION,
+    SUBSEED_STRENGTH_OPTION,
+    TINY_VAE_HELP,
 )
 
 
@@ -153,7 +127,7 @@ def generate(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the initial noise. Default -1: pick one and print it (every PNG records its seed)."),
     width: Optional[int] = typer.Option(None, "--width", help="Image width, a multiple of 8. Default: the model's native size."),
     height: Optional[int] = typer.Option(None, "--height", help="Image height, a multiple of 8. Default: the model's native size."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="euler, euler-a, ddim, dpm++2m, dpm++2m-karras, lcm, pndm. Default: the one the model's scheduler config names."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", "--sampler", help=SAMPLER_HELP),
     batch: int = typer.Option(1, "--batch", help="Number of images; image i uses seed+i."),
     output: str = typer.Option("sdcpu.png", "--output", "-o", help="PNG path, or a folder to write sdcpu.png in (an existing one, or any path ending in /); with --batch N, -SEED is added to each name."),
     from_image: Optional[Path] = typer.Option(None, "--from", help="Re-run with the parameters recorded in this PNG (ours or Automatic1111's); options you give override them, e.g. --from preview.png --steps 30."),
@@ -172,6 +146,13 @@ def generate(
     mask: Optional[Path] = typer.Option(None, "--mask", help=MASK_HELP),
     mask_blur: Optional[int] = typer.Option(None, "--mask-blur", help=MASK_BLUR_HELP),
     resize: Optional[str] = typer.Option(None, "--resize", help=RESIZE_HELP),
+    schedule_type: Optional[str] = SCHEDULE_TYPE_OPTION,
+    prompt_syntax: Optional[str] = PROMPT_SYNTAX_OPTION,
+    clip_skip: Optional[int] = CLIP_SKIP_OPTION,
+    noise: Optional[str] = NOISE_OPTION,
+    subseed: Optional[int] = SUBSEED_OPTION,
+    subseed_strength: Optional[float] = SUBSEED_STRENGTH_OPTION,
+    seed_resize_from: Optional[str] = SEED_RESIZE_OPTION,
 ):
     """Generate images from PROMPT with an exported model, from noise or from --init-image.
 
@@ -188,6 +169,8 @@ def generate(
         preview_every=preview_every, preview=preview, inference_precision=inference_precision, deepcache=deepcache,
         tiny_vae=tiny_vae, guidance_interval=guidance_interval, static_shapes=static_shapes, fast=fast,
         init_image=init_image, strength=strength, mask=mask, mask_blur=mask_blur, resize=resize,
+        schedule_type=schedule_type, prompt_syntax=prompt_syntax, clip_skip=clip_skip, noise=noise, subseed=subseed,
+        subseed_strength=subseed_strength, seed_resize_from=seed_resize_from,
     )
 
 
@@ -223,7 +206,7 @@ def grid(
     negative_prompt: str = typer.Option("", "--negative-prompt", help="What to steer away from (CFG only)."),
     width: Optional[int] = typer.Option(None, "--width", help="Image width, a multiple of 8. Default: the model's native size."),
     height: Optional[int] = typer.Option(None, "--height", help="Image height, a multiple of 8. Default: the model's native size."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="euler, euler-a, ddim, dpm++2m, dpm++2m-karras, lcm, pndm. Default: the one the model's scheduler config names."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", "--sampler", help=SAMPLER_HELP),
     output: str = typer.Option("grid.png", "--output", "-o", help="Contact sheet PNG (a folder: grid.png inside); each cell is also written beside it as STEM-s<steps>-seed<seed>[-g<guidance>].png with its parameters."),
     compile_cache: bool = typer.Option(True, "--compile-cache/--no-compile-cache", help="Keep OpenVINO's compiled graphs in $SDCPU_CACHE_DIR (default ~/.cache/sdcpu/openvino) so the next start is fast."),
     inference_precision: str = typer.Option("auto", "--inference-precision", help=INFERENCE_PRECISION_HELP),
@@ -237,6 +220,14 @@ def grid(
     mask: Optional[Path] = typer.Option(None, "--mask", help=MASK_HELP),
     mask_blur: Optional[int] = typer.Option(None, "--mask-blur", help=MASK_BLUR_HELP),
     resize: Optional[str] = typer.Option(None, "--resize", help=RESIZE_HELP),
+    subseed_strengths: Optional[str] = typer.Option(None, "--subseed-strengths", help="Comma-separated variation strengths, one column each (instead of step counts), e.g. 0,0.1,0.2 with --subseed N; --steps then gives one count."),
+    schedule_type: Optional[str] = SCHEDULE_TYPE_OPTION,
+    prompt_syntax: Optional[str] = PROMPT_SYNTAX_OPTION,
+    clip_skip: Optional[int] = CLIP_SKIP_OPTION,
+    noise: Optional[str] = NOISE_OPTION,
+    subseed: Optional[int] = SUBSEED_OPTION,
+    subseed_strength: Optional[float] = SUBSEED_STRENGTH_OPTION,
+    seed_resize_from: Optional[str] = SEED_RESIZE_OPTION,
 ):
     """Render PROMPT for every step count x seed x guidance (at most 64 cells) as a labelled contact sheet.
 
@@ -250,7 +241,9 @@ def grid(
         width=width, height=height, scheduler=scheduler, output=output, compile_cache=compile_cache,
         inference_precision=inference_precision, deepcache=deepcache, tiny_vae=tiny_vae,
         guidance_interval=guidance_interval, static_shapes=static_shapes, fast=fast, init_image=init_image,
-        strengths=strengths, mask=mask, mask_blur=mask_blur, resize=resize,
+        strengths=strengths, mask=mask, mask_blur=mask_blur, resize=resize, subseed_strengths=subseed_strengths,
+        schedule_type=schedule_type, prompt_syntax=prompt_syntax, clip_skip=clip_skip, noise=noise, subseed=subseed,
+        subseed_strength=subseed_strength, seed_resize_from=seed_resize_from,
     )
 
 

@@ -18,13 +18,15 @@ from sdcpu.engine.cli.output_files import (
     png_bytes_bound,
     resolve_png_output,
 )
+from sdcpu.engine.cli.shared_options import parse_seed_resize
 from sdcpu.engine.errors import UserError
 from sdcpu.engine.local_models import resolve_model
 from sdcpu.engine.manifest import Manifest, load_manifest
+from sdcpu.engine.model_lookup import find_recorded_model
 from sdcpu.engine.pipeline import Pipeline, Request
 from sdcpu.engine.pngmeta import save_png
 from sdcpu.engine.preview import check_preview_options, preview_kind, preview_paths, preview_writer
-from sdcpu.engine.reproduce import Options, merge_from_png, recorded_inputs
+from sdcpu.engine.reproduce import Options, merge_from_png, note_from_png, png_fields, recorded_inputs
 from sdcpu.engine.request_defaults import (
     build_request,
     default_model,
@@ -40,10 +42,13 @@ from sdcpu.models.registry import step_advice
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_inv_fmt}]"
 
 
-def output_paths(output: Path, seeds: list[int]) -> list[Path]:
-    """One path per image: OUTPUT (already resolved to a .png) for one image, OUTPUT-SEED.png for a batch."""
+def output_paths(output: Path, seeds: list[int], subseeds: list[int] | None = None) -> list[Path]:
+    """One path per image: OUTPUT (already resolved to a .png) for one image, OUTPUT-SEED.png for a batch
+    (OUTPUT-SEED-SUBSEED.png when variation seeds give every image the same seed)."""
     if len(seeds) == 1:
         return [output]
+    if subseeds is not None:
+        return [output.with_name(f"{output.stem}-{s}-{v}{output.suffix}") for s, v in zip(seeds, subseeds)]
     return [output.with_name(f"{output.stem}-{s}{output.suffix}") for s in seeds]
 
 
@@ -87,8 +92,8 @@ def resolve_options(given: Options, from_image: Path | None, interactive: bool) 
     """--from fills what was not given; no prompt (or -i) asks at the terminal; no model means the bundled one."""
     if from_image is not None:
         merged = merge_from_png(given, from_image)
-        if given.model is None and merged.model is not None:
-            merged = replace(merged, model=_model_named_in_png(merged.model, from_image))
+        if given.model is None:
+            merged = replace(merged, model=_model_recorded_in_png(from_image))
         given = merged
     if interactive or given.prompt is None:
         given = ask_options(given)
@@ -104,13 +109,19 @@ def _precision_for(manifest: Manifest, chosen: str | None, given: str | None) ->
     return chosen
 
 
-def _model_named_in_png(name: str, image: Path) -> str:
-    """The folder of the model a PNG names; a UserError pointing at --model when it is not found here."""
-    try:
-        return str(resolve_model(name))
-    except UserError:
-        raise UserError(f"{image} was made with model {name!r}, which is not found here; "
-                        "pass --model DIR (see `sdcpu models`)") from None
+def _model_recorded_in_png(image: Path) -> str | None:
+    """The folder of the model a PNG records (by its path, then A1111's model hash, then name); None when it
+    records none (the bundled model); a UserError pointing at --model when it is not found here."""
+    fields = png_fields(image)
+    recorded = [fields.get(key, "") for key in ("Model path", "Model hash", "Model")]
+    if not any(recorded):
+        return None
+    folder, how = find_recorded_model(*recorded, png_dir=image.resolve().parent)
+    if folder is None:
+        raise UserError(f"{image}: {how}; pass --model DIR (see `sdcpu models`)")
+    if how != "path":
+        _note(f"model: {folder} (found by its {how}, as {image} records it)")
+    return str(folder)
 
 
 def _notes(pipe: Pipeline, request: Request, seed_given: int | None, steps_run: int) -> None:
@@ -127,6 +138,9 @@ def _notes(pipe: Pipeline, request: Request, seed_given: int | None, steps_run: 
         _note("the negative prompt is unused without classifier-free guidance")
     for label, (count, limit) in pipe.overlong_prompts(request).items():
         _note(f"the {label} is {count} tokens long; only its first {limit} are used (the rest is cut, as diffusers does)")
+    for label, (count, chunks) in pipe.chunked_prompts(request).items():
+        _note(f"the {label} is {count} tokens long in {chunks} chunks of up to 75 (BREAK starts one), encoded chunk by "
+              "chunk as Automatic1111 does (--prompt-syntax plain cuts it at 75, as diffusers)")
     if seed_given is None or seed_given == -1:
         typer.echo(f"seed: {request.seed}", err=True)
 
@@ -151,15 +165,21 @@ def run_generate(prompt: str | None = None, model=None, negative_prompt: str | N
                  deepcache: int | None = None, tiny_vae: bool | None = None,
                  guidance_interval: str | None = None, static_shapes: bool = True, fast: bool = False,
                  init_image: Path | None = None, strength: float | None = None, mask: Path | None = None,
-                 mask_blur: int | None = None, resize: str | None = None) -> list[Path]:
-    """Resolve options (--from, terminal), load, generate with a progress bar, write one PNG per image."""
+                 mask_blur: int | None = None, resize: str | None = None, seed_resize_from: str | None = None,
+                 **settings) -> list[Path]:
+    """Resolve options (--from, terminal), load, generate with a progress bar, write one PNG per image.
+
+    `settings`: the A1111 options of reproduce.SETTINGS (schedule type, prompt syntax, clip skip, noise, ...)."""
     check_preview_options(preview_every, preview)
     given = Options(prompt=prompt, negative_prompt=negative_prompt, model=None if model is None else str(model),
                     steps=steps, guidance=guidance, seed=seed, width=width, height=height, scheduler=scheduler,
                     inference_precision=inference_precision, deepcache=deepcache, tiny_vae=tiny_vae,
                     guidance_interval=parse_guidance_interval(guidance_interval), strength=strength,
-                    mask_blur=mask_blur, resize=resize)
+                    mask_blur=mask_blur, resize=resize, seed_resize_from=parse_seed_resize(seed_resize_from),
+                    **settings)
     o = resolve_options(given, from_image, interactive)
+    if from_image is not None:
+        note_from_png(from_image, _note, noise_given=settings.get("noise") is not None)
     images = read_image_inputs(*image_files(init_image, mask, from_image), o.strength, o.resize, o.mask_blur)
     folder = resolve_model(o.model)
     manifest = load_manifest(folder)
@@ -176,10 +196,10 @@ def run_generate(prompt: str | None = None, model=None, negative_prompt: str | N
                          size=load_size(manifest, width, height, static_shapes))
     request = build_request(pipe, o.prompt, o.negative_prompt or "", o.steps, o.guidance,
                             -1 if o.seed is None else o.seed, width, height, o.scheduler, batch,
-                            o.guidance_interval, images, _note)
+                            o.guidance_interval, images, _note, **o.settings())
     pipe.validate(request)
-    seeds = [request.seed + i for i in range(batch)]
-    paths = output_paths(target, seeds)
+    seeds, subseeds = request.image_seeds()
+    paths = output_paths(target, seeds, subseeds if request.subseed_strength else None)
     steps_run = pipe.steps_run(request)
     previews = steps_run // preview_every if preview_every else 0
     needed = png_bytes_bound(request.width, request.height, batch * (1 + previews))
@@ -189,9 +209,10 @@ def run_generate(prompt: str | None = None, model=None, negative_prompt: str | N
     on_denoised = _preview_callback(pipe, request, target, preview_every, preview, seeds)
     with progress_bar(steps_run) as bar:
         result = pipe.generate(request, on_step=lambda i, n: _advance(bar, i, n), on_denoised=on_denoised)
-    for path, image, image_seed in zip(paths, result.images, result.seeds):
+    for path, image, image_seed, subseed in zip(paths, result.images, seeds, subseeds):
         with explained_write_errors(path, needed):
-            save_png(path, image, params_for(pipe, request, image_seed, images))
-        typer.echo(f"wrote {path} (seed {image_seed})")
+            save_png(path, image, params_for(pipe, request, image_seed, images, subseed))
+        variation = f", variation seed {subseed}" if request.subseed_strength else ""
+        typer.echo(f"wrote {path} (seed {image_seed}{variation})")
     _report_timings(result, steps_run)
     return paths

@@ -29,6 +29,7 @@ from sdcpu.engine.cli.output_files import (
     png_bytes_bound,
     resolve_png_output,
 )
+from sdcpu.engine.cli.shared_options import parse_seed_resize
 from sdcpu.engine.errors import UserError
 from sdcpu.engine.local_models import resolve_model
 from sdcpu.engine.manifest import load_manifest
@@ -46,6 +47,7 @@ from sdcpu.engine.request_defaults import (
     read_image_inputs,
     request_size,
 )
+from sdcpu.engine.text_conditioning import TextConditioning
 from sdcpu.models.registry import FAMILIES, model_steps
 
 MAX_CELLS = 64
@@ -101,30 +103,47 @@ def row_label(seed: int, guidance: float, several_guidances: bool) -> str:
     return f"seed {seed}, cfg {format_number(guidance)}" if several_guidances else f"seed {seed}"
 
 
-def single_path(output: Path, request: Request, several_guidances: bool, strengths: bool = False) -> Path:
-    """OUTPUT's folder / <stem>-s<steps>[-d<strength>]-seed<seed>[-g<guidance>].png."""
+def single_path(output: Path, request: Request, several_guidances: bool, column: str = "steps") -> Path:
+    """OUTPUT's folder / <stem>-s<steps>[-d<strength>|-v<variation strength>]-seed<seed>[-g<guidance>].png."""
     guidance = f"-g{format_number(request.guidance)}" if several_guidances else ""
-    strength = f"-d{format_number(request.strength)}" if strengths else ""
+    strength = {"strength": f"-d{format_number(request.strength)}",
+                "subseed_strength": f"-v{format_number(request.subseed_strength)}"}.get(column, "")
     return output.with_name(f"{output.stem}-s{request.steps}{strength}-seed{request.seed}{guidance}.png")
 
 
-def parse_strengths(text: str | None) -> list[float] | None:
-    """--strengths: img2img strengths in (0, 1], one column each."""
+def parse_strengths(text: str | None, option: str = "--strengths", low_open: bool = True) -> list[float] | None:
+    """--strengths: img2img strengths in (0, 1]; --subseed-strengths: variation strengths in [0, 1]; a column each."""
     if text is None:
         return None
-    values = no_duplicates(parse_floats(text, "--strengths"), "--strengths")
-    if any(not 0 < v <= 1 for v in values):
-        raise UserError(f"--strengths must lie in (0, 1] (got {text!r})")
+    values = no_duplicates(parse_floats(text, option), option)
+    if any(not (0 < v if low_open else 0 <= v) or v > 1 for v in values):
+        raise UserError(f"{option} must lie in {'(0' if low_open else '[0'}, 1] (got {text!r})")
     return values
 
 
-def encode_once(pipe: Pipeline, requests: list[Request]) -> dict[bool, dict[str, np.ndarray]]:
-    """The text encoders' output per CFG setting: one encode, or two when the guidances mix CFG on and off."""
+def column_axis(strengths: list[float] | None, subseed_strengths: list[float] | None, steps_list,
+                init_image, subseed) -> str:
+    """What the columns vary: "steps", "strength" (img2img) or "subseed_strength" (variation seeds)."""
+    if strengths and subseed_strengths:
+        raise UserError("give --strengths or --subseed-strengths, not both (each makes the columns)")
+    if strengths and init_image is None:
+        raise UserError("--strengths needs --init-image (strength is how much of that image is repainted)")
+    if subseed_strengths and subseed is None:
+        raise UserError("--subseed-strengths needs --subseed N (the variation seed mixed in)")
+    column = "strength" if strengths else "subseed_strength" if subseed_strengths else "steps"
+    if column != "steps" and steps_list and len(steps_list) > 1:
+        raise UserError(f"--{column.replace('_', '-')}s makes the columns; give --steps one count (or leave it out)")
+    return column
+
+
+def encode_once(pipe: Pipeline, requests: list[Request]) -> dict[tuple, TextConditioning]:
+    """The text encoders' output per CFG setting: one encode, or two when the guidances mix CFG on and off
+    (and one per step count when the prompt edits itself per step: Pipeline.conditioning_key)."""
     conditionings = {}
     for request in requests:
-        cfg = pipe.uses_cfg(request.guidance)
-        if cfg not in conditionings:
-            conditionings[cfg] = pipe.encode(request)
+        key = pipe.conditioning_key(request)
+        if key not in conditionings:
+            conditionings[key] = pipe.encode(request)
     return conditionings
 
 
@@ -133,6 +152,9 @@ def grid_infotext(rows: list[list[Request]], pipe: Pipeline) -> str:
     first = rows[0][0]
     columns = ([("Grid strengths", ",".join(format_number(r.strength) for r in rows[0]))]
                if len({r.strength for r in rows[0]}) > 1 else [])
+    if len({r.subseed_strength for r in rows[0]}) > 1:
+        columns += [("Variation seed", first.subseed),
+                    ("Grid variation strengths", ",".join(format_number(r.subseed_strength) for r in rows[0]))]
     items = [("Grid steps", ",".join(str(r.steps) for r in rows[0])), *columns,
              ("Grid rows", "; ".join(f"seed {r[0].seed} cfg {format_number(r[0].guidance)}" for r in rows)),
              ("sdcpu sampler", first.sampler), ("Image size", f"{first.width}x{first.height}"),
@@ -151,15 +173,22 @@ def save_sheet(path: Path, sheet: np.ndarray, text: str) -> None:
 
 def build_rows(pipe: Pipeline, prompt: str, negative_prompt: str, steps_list, seeds, guidances,
                width, height, scheduler, interval: tuple[float, float] | None = None, images=None,
-               strengths: list[float] | None = None) -> list[list[Request]]:
-    """requests[row][column]: rows are (seed, guidance) pairs, seed-major; columns are step counts, or the
-    img2img strengths (at one step count) when `strengths` is given."""
-    def one(steps, guidance, seed, strength=None):
-        cell_images = images if strength is None else replace(images, strength=strength)
-        return build_request(pipe, prompt, negative_prompt, steps, guidance, seed, width, height, scheduler, 1,
-                             interval, cell_images, lambda line: typer.echo(line, err=True))
+               strengths: list[float] | None = None, column: str = "steps", settings: dict | None = None,
+               ) -> list[list[Request]]:
+    """requests[row][column]: rows are (seed, guidance) pairs, seed-major; columns are step counts, or (at one
+    step count) the img2img or variation strengths `strengths`, as `column` says."""
+    settings = settings or {}
 
-    if strengths:
+    def one(steps, guidance, seed, strength=None):
+        cell_images, cell_settings = images, settings
+        if column == "strength":
+            cell_images = replace(images, strength=strength)
+        elif column == "subseed_strength":
+            cell_settings = {**settings, "subseed_strength": strength}
+        return build_request(pipe, prompt, negative_prompt, steps, guidance, seed, width, height, scheduler, 1,
+                             interval, cell_images, lambda line: typer.echo(line, err=True), **cell_settings)
+
+    if column != "steps":
         return [[one(steps_list[0] if steps_list else None, guidance, seed, strength) for strength in strengths]
                 for seed in seeds for guidance in guidances]
     return [[one(steps, guidance, seed) for steps in steps_list] for seed in seeds for guidance in guidances]
@@ -192,7 +221,7 @@ def render(pipe: Pipeline, rows: list[list[Request]]) -> tuple[list[list[np.ndar
     with progress_bar(total, "grid") as bar:
         for r, c in render_order(pipe, rows):
             request = rows[r][c]
-            conditioning = conditionings[pipe.uses_cfg(request.guidance)]
+            conditioning = conditionings[pipe.conditioning_key(request)]
             result = pipe.generate(request, on_step=lambda i, n: bar.update(1), conditioning=conditioning)
             images[r][c], seconds[r][c] = result.images[0], result.timings["total"]
     return images, seconds
@@ -218,6 +247,14 @@ def notes(pipe: Pipeline, rows: list[list[Request]], random_seed: bool) -> None:
         typer.echo("note: the negative prompt is unused without classifier-free guidance", err=True)
 
 
+def column_titles(row: list[Request], column: str) -> list[str]:
+    if column == "strength":
+        return [f"strength {format_number(request.strength)}" for request in row]
+    if column == "subseed_strength":
+        return [f"variation {format_number(request.subseed_strength)}" for request in row]
+    return [plural(request.steps, "step") for request in row]
+
+
 def run_grid(prompt: str, model: str | Path | None = None, steps: str | None = None, seeds: str | None = None,
              guidance: str | None = None, negative_prompt: str = "", width=None, height=None, scheduler=None,
              output: Path | str = Path("grid.png"), compile_cache: bool = True,
@@ -225,15 +262,17 @@ def run_grid(prompt: str, model: str | Path | None = None, steps: str | None = N
              tiny_vae: bool = False, guidance_interval: str | None = None,
              static_shapes: bool = True, fast: bool = False, init_image: Path | None = None,
              strengths: str | None = None, mask: Path | None = None, mask_blur: int | None = None,
-             resize: str | None = None) -> GridResult:
-    """Check the lists, load the model, render every cell, write the singles and the labelled sheet."""
+             resize: str | None = None, subseed_strengths: str | None = None, seed_resize_from: str | None = None,
+             **settings) -> GridResult:
+    """Check the lists, load the model, render every cell, write the singles and the labelled sheet.
+
+    `settings`: the A1111 options of reproduce.SETTINGS (schedule type, prompt syntax, clip skip, noise, ...)."""
     started = time.perf_counter()
     steps_list, seed_list, guidances = parse_lists(steps, seeds, guidance)
-    strength_list = parse_strengths(strengths)
-    if strength_list and init_image is None:
-        raise UserError("--strengths needs --init-image (strength is how much of that image is repainted)")
-    if strength_list and steps_list and len(steps_list) > 1:
-        raise UserError("--strengths makes the columns; give --steps one count (or leave it out)")
+    settings["seed_resize_from"] = parse_seed_resize(seed_resize_from)
+    column = column_axis(parse_strengths(strengths), parse_strengths(subseed_strengths, "--subseed-strengths", False),
+                         steps_list, init_image, settings.get("subseed"))
+    strength_list = parse_strengths(strengths) or parse_strengths(subseed_strengths, "--subseed-strengths", False)
     interval = parse_guidance_interval(guidance_interval)
     inputs = read_image_inputs(init_image, mask, None, resize, mask_blur)
     folder = resolve_model(model) if model else default_model()
@@ -248,7 +287,7 @@ def run_grid(prompt: str, model: str | Path | None = None, steps: str | None = N
     seed_list = seed_list or [resolve_seed(-1)]
     check_cell_count(len(strength_list or steps_list) * len(seed_list) * len(guidances))
     rows = build_rows(pipe, prompt, negative_prompt, steps_list, seed_list, guidances, width, height, scheduler,
-                      interval, inputs, strength_list)
+                      interval, inputs, strength_list, column, settings)
     check_requests(pipe, rows)
     output = resolve_png_output(output, "grid.png")
     cells = sum(len(row) for row in rows)
@@ -260,11 +299,10 @@ def run_grid(prompt: str, model: str | Path | None = None, steps: str | None = N
 
     several = len(guidances) > 1
     row_labels = [row_label(row[0].seed, row[0].guidance, several) for row in rows]
-    column_labels = ([f"strength {format_number(request.strength)}" for request in rows[0]] if strength_list
-                     else [plural(request.steps, "step") for request in rows[0]])
+    column_labels = column_titles(rows[0], column)
     captions = [[f"{s:.1f} s" for s in row] for row in seconds]
     with explained_write_errors(output, needed):
-        singles = [save_png(single_path(output, request, several, bool(strength_list)), image,
+        singles = [save_png(single_path(output, request, several, column), image,
                             params_for(pipe, request, request.seed, inputs))
                    for row, row_images in zip(rows, images) for request, image in zip(row, row_images)]
         save_sheet(output, contact_sheet(images, row_labels, column_labels, captions), grid_infotext(rows, pipe))
