@@ -44,7 +44,6 @@ UNHONOURED_FIELDS = {
     "Hires steps": "hires fix is not implemented",
     "Face restoration": "face restoration is not implemented",
     "Tiling": "tiling is not implemented",
-    "ENSD": "eta noise seed delta is not implemented",
     "Eta": "a non-default ancestral eta is not implemented (sdcpu runs eta 1)",
     "Eta DDIM": "a non-default DDIM eta is not implemented (sdcpu runs eta 0)",
     "NGMS": "negative guidance minimum sigma is not implemented",
@@ -92,8 +91,9 @@ def seed_items(p) -> list[tuple[str, str]]:
 
 
 def text_encoder_items(p) -> list[tuple[str, str]]:
-    """Clip skip (A1111 writes it only when > 1) and the noise source."""
+    """Clip skip (A1111 writes it only when > 1), the eta noise seed delta (only when set) and the noise source."""
     items = [("Clip skip", str(p.clip_skip))] if p.clip_skip > 1 else []
+    items += [("ENSD", str(p.ensd))] if p.ensd else []
     return items + [("RNG", RNG_LABELS[p.noise])]
 
 
@@ -158,6 +158,7 @@ FIELD_READERS = {
     "noise": noise_from_fields,
     "subseed": _subseed,
     "subseed_strength": lambda fields: optional(fields, "Variation seed strength", real_number),
+    "ensd": lambda fields: optional(fields, "ENSD", whole_number) or 0,
     "seed_resize_from": lambda fields: parse_size(fields["Seed resize from"])
     if fields.get("Seed resize from") not in (None, "", "-1x-1", "0x0") else None,
 }
@@ -170,8 +171,8 @@ def unhonoured(fields: dict[str, str]) -> dict[str, str]:
         found.pop("Eta", None)
     if fields.get("Emphasis") == "Original":
         found.pop("Emphasis", None)
-    if fields.get("ENSD") == "0":
-        found.pop("ENSD", None)
+    if " AND " in fields.get("Prompt", ""):
+        found["AND in the prompt"] = "composable prompts are not supported: the prompt is read as one"
     if "<lora:" in fields.get("Prompt", "") or "<hypernet:" in fields.get("Prompt", ""):
         found["<lora:...> in the prompt"] = "LoRAs are baked in at export (sdcpu export --lora); the tag is dropped"
     return found

@@ -120,7 +120,7 @@ def resolve_a1111_name(name: str, schedule_type: str | None = None) -> tuple[str
     if label is None:
         return None
     chosen = resolve_schedule_type(schedule_type) if schedule_type else None
-    if combined and chosen and chosen != combined:
+    if combined and chosen not in (None, AUTOMATIC) and chosen != combined:
         raise UserError(f"sampler {name!r} already names schedule type {combined!r}; --schedule-type {chosen!r} contradicts it")
     return label, combined or chosen or AUTOMATIC
 
@@ -134,9 +134,12 @@ def check_a1111_sampler(sampler: str, schedule_type: str, config: dict) -> None:
     if prediction not in ("epsilon", "v_prediction") or (prediction != "epsilon" and kind == LCM):
         raise UserError(f"A1111's {sampler} sampler cannot run a {prediction} model here; use --scheduler euler "
                         "(or another sdcpu sampler)")
-    if kind != KDIFFUSION and schedule_type != AUTOMATIC:
-        raise UserError(f"A1111 runs {sampler} on its own timesteps; schedule type {schedule_type!r} applies to the "
-                        "k-diffusion samplers only (Euler, DPM++ 2M, ...)")
+
+
+
+def ignores_schedule_type(sampler: str, schedule_type: str) -> bool:
+    """Whether A1111 runs SAMPLER on its own timesteps whatever the schedule type says (DDIM, PLMS, UniPC, LCM)."""
+    return A1111_SAMPLERS[sampler].kind != KDIFFUSION and schedule_type != AUTOMATIC
 
 
 def sampler_names() -> list[str]:

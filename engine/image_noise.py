@@ -165,3 +165,13 @@ class ImageNoise:
             raise ValueError(f"shape {shape} must start with the number of seeds ({len(self._streams)})")
         row_numel = math.prod(shape[1:])
         return np.stack([stream.randn(row_numel) for stream in self._streams]).reshape(shape)
+
+
+def request_noise(request, manifest) -> ImageNoise:
+    """A Request's per-image noise streams (engine/request.py): its source, seeds, variation seeds, seed resize
+    and ENSD, at the latent shape of `manifest`'s model."""
+    factor = manifest.vae_scale_factor
+    seeds, subseeds = request.image_seeds()
+    shape = (manifest.latent_channels, request.height // factor, request.width // factor)
+    return ImageNoise(shape, seeds, subseeds, request.subseed_strength, request.seed_resize_from, request.noise,
+                      factor=factor, eta_noise_seed_delta=request.ensd)

@@ -22,7 +22,7 @@ from sdcpu.engine.deepcache import DEEP, FEATURE, SHALLOW, DeepCacheUNet, check_
 from sdcpu.engine.denoisers import denoiser_from_eps, denoiser_from_v
 from sdcpu.engine.errors import UserError
 from sdcpu.engine.graph_shapes import complete, fit_request_shapes, request_shapes, static_shapes
-from sdcpu.engine.image_noise import ImageNoise
+from sdcpu.engine.image_noise import request_noise
 from sdcpu.engine.img2img import ImageEncoder, pixels_to_sample, posterior_mean, starting_point
 from sdcpu.engine.manifest import TINY_VAE_DECODER, VAE_ENCODER, Manifest, load_manifest
 from sdcpu.engine.prompt_syntax import prompt_schedule
@@ -64,15 +64,6 @@ def _skipped_graphs(deepcache: bool, tiny_vae: bool) -> set[str]:
     the VAE encoder (compiled on the first image-to-image request)."""
     unets = {"unet"} if deepcache else {DEEP, SHALLOW}
     return unets | {VAE_ENCODER} | ({"vae_decoder"} if tiny_vae else {TINY_VAE_DECODER})
-
-
-def request_noise(request: Request, manifest: Manifest) -> ImageNoise:
-    """The request's per-image noise streams: its source, seeds, variation seeds and seed resize."""
-    factor = manifest.vae_scale_factor
-    seeds, subseeds = request.image_seeds()
-    shape = (manifest.latent_channels, request.height // factor, request.width // factor)
-    return ImageNoise(shape, seeds, subseeds, request.subseed_strength, request.seed_resize_from, request.noise,
-                      factor=factor)
 
 
 class Pipeline:

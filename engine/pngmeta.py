@@ -78,6 +78,7 @@ class GenerationParams:
     seed_resize_from: tuple[int, int] | None = None
     model_hash: str = ""
     model_path: str = ""
+    ensd: int = 0
 
     def __post_init__(self):
         a1111_fields.check_sampler(self.sampler)

@@ -41,13 +41,15 @@ class Options:
     subseed: int | None = None
     subseed_strength: float | None = None
     seed_resize_from: tuple[int, int] | None = None
+    ensd: int | None = None
 
     def settings(self) -> dict:
         """The keywords of request_defaults.seed_settings (sampler and A1111's text and noise settings)."""
         return {name: getattr(self, name) for name in SETTINGS}
 
 
-SETTINGS = ("schedule_type", "prompt_syntax", "clip_skip", "noise", "subseed", "subseed_strength", "seed_resize_from")
+SETTINGS = ("schedule_type", "prompt_syntax", "clip_skip", "noise", "subseed", "subseed_strength", "seed_resize_from",
+            "ensd")
 
 
 PARAMS_NAME = {"scheduler": "sampler", "resize": "resize_mode"}  # Options name -> GenerationParams name
@@ -92,7 +94,7 @@ def describe_png(path: Path) -> str:
 
 READING = {"sampler": "sampler", "schedule_type": "schedule type", "noise": "noise source", "clip_skip": "clip skip",
            "prompt_syntax": "prompt syntax", "subseed": "variation seed", "subseed_strength": "variation strength",
-           "seed_resize_from": "seed resize from"}
+           "seed_resize_from": "seed resize from", "ensd": "eta noise seed delta"}
 
 
 def reading(fields: dict[str, str]) -> list[str]:
@@ -104,7 +106,7 @@ def reading(fields: dict[str, str]) -> list[str]:
         except ValueError as exc:
             lines.append(f"{label}: cannot: {exc}")
             continue
-        if value in (None, ""):
+        if value in (None, "") or (name == "ensd" and not value):
             continue
         if name == "sampler":
             value = f"{value} ({'sdcpu, diffusers-exact' if value in SDCPU_SAMPLERS else 'Automatic1111, k-diffusion'})"

@@ -59,6 +59,8 @@ class Request:
     subseed_strength: float = 0.0
     seed_resize_from: tuple[int, int] | None = None
     """(width, height) the noise is drawn at and pasted centred (A1111's "Resize seed from")."""
+    ensd: int = 0
+    """A1111's eta noise seed delta: draws after the initial noise come from generators seeded seed + ensd."""
 
     def image_seeds(self) -> tuple[list[int], list[int]]:
         """(seeds, subseeds) per image, A1111's rule: seed+i unless a variation seed is mixed in, then subseed+i."""
@@ -129,6 +131,10 @@ def validate_seed_options(request: Request, manifest: Manifest) -> None:
         raise UserError("--subseed-strength needs --subseed N (the variation seed)")
     if request.subseed is not None and not 0 <= request.subseed < SEED_LIMIT - request.batch:
         raise UserError(f"--subseed must be in [0, 2**64 - batch) (got {request.subseed})")
+    if not isinstance(request.ensd, int) or not 0 <= request.ensd < 2**32:
+        raise UserError(f"--ensd must be a whole number from 0 to 2**32 - 1 (got {request.ensd})")
+    if request.seed + request.batch + request.ensd > SEED_LIMIT:
+        raise UserError("--seed + --batch + --ensd must stay below 2**64")
     if request.seed_resize_from is not None:
         width, height = request.seed_resize_from
         if width < manifest.vae_scale_factor or height < manifest.vae_scale_factor:

@@ -15,6 +15,7 @@ for it (force_zeros_for_empty_prompt), as diffusers and A1111 do.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,13 @@ from sdcpu.engine.prompt_syntax import cond_at_step, prompt_schedule
 from sdcpu.engine.tokenizer import ClipTokenizer
 
 CLIP_SKIP_STATES = "clip_skip_states"
+EXTRA_NETWORK_TAG = re.compile(r"<(\w+):([^>]+)>")
+"""A1111's extra-network syntax (<lora:name:0.8>, <hypernet:...>): removed from the text before encoding."""
+
+
+def extra_network_tags(text: str) -> list[str]:
+    """The <kind:...> tags A1111 strips from a prompt (modules/extra_networks.py parse_prompt)."""
+    return [match.group(0) for match in EXTRA_NETWORK_TAG.finditer(text)]
 Entry = dict[str, np.ndarray]
 
 
@@ -122,7 +130,10 @@ class TextEncoders:
 
     def prompt(self, text: str, syntax: str, clip_skip: int, schedule_steps: int) -> PromptConditioning:
         """One prompt's conditioning schedule."""
-        schedule = [(schedule_steps, text)] if syntax == "plain" else prompt_schedule(text, schedule_steps)
+        if syntax == "plain":
+            schedule = [(schedule_steps, text)]
+        else:
+            schedule = prompt_schedule(EXTRA_NETWORK_TAG.sub("", text), schedule_steps)
         entries = self._encode_texts([t for _, t in schedule], syntax, clip_skip)
         return PromptConditioning([(end, entry) for (end, _), entry in zip(schedule, entries)])
 
@@ -150,7 +161,7 @@ class TextEncoders:
             return {self.tokenizers[0].max_length}
         lengths = set()
         for text in texts:
-            schedule = [t for _, t in prompt_schedule(text, schedule_steps)]
+            schedule = [t for _, t in prompt_schedule(EXTRA_NETWORK_TAG.sub("", text), schedule_steps)]
             chunks = max(len(tokenize_weighted(self.tokenizers[0], t)) for t in schedule)
             lengths.add(chunks * self.tokenizers[0].max_length)
         return lengths
@@ -165,6 +176,7 @@ class TextEncoders:
     def chunked(self, texts: dict[str, str]) -> dict[str, tuple[int, int]]:
         """A1111 syntax: the prompts longer than one chunk, as {label: (tokens, chunks)}."""
         tokenizer = self.tokenizers[0]
+        texts = {label: EXTRA_NETWORK_TAG.sub("", text) for label, text in texts.items()}
         counts = {label: (tokenizer.count(text), len(tokenize_weighted(tokenizer, text)))
                   for label, text in texts.items() if text}
         return {label: counted for label, counted in counts.items() if counted[1] > 1}

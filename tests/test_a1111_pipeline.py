@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from sdcpu.engine.a1111_samplers import A1111_SAMPLERS, KDIFFUSION
-from sdcpu.engine.pipeline import Pipeline, request_noise
+from sdcpu.engine.image_noise import request_noise
+from sdcpu.engine.pipeline import Pipeline
 from sdcpu.engine.request import Request
 from tests.test_kdiffusion_samplers import (  # noqa: F401 (fixtures)
     RandnHijack,
@@ -159,3 +160,18 @@ def test_sdxl_long_prompt_with_break_runs_an_a1111_sampler(tiny_exports):
     cond, uncond = pipe.encode(request).at(0)
     assert cond["encoder_hidden_states"].shape[1] == 3 * 77 and uncond["encoder_hidden_states"].shape[1] == 77
     assert pipe.generate(request).images[0].shape == (HEIGHT, WIDTH, 3)
+
+
+def test_ensd_reseeds_only_the_draws_after_the_initial_noise(pipe):
+    plain, delta = (request_noise(a1111_request("Euler a", "Automatic", ensd=e), pipe.manifest) for e in (0, 31337))
+    np.testing.assert_array_equal(plain.first(), delta.first())
+    shifted = request_noise(a1111_request("Euler a", "Automatic", seed=11 + 31337), pipe.manifest)
+    np.testing.assert_array_equal(delta.randn((1, *delta.shape)), shifted.first())
+    assert not np.array_equal(pipe.generate(a1111_request("Euler a", "Automatic", ensd=31337)).images[0],
+                              pipe.generate(a1111_request("Euler a", "Automatic")).images[0])
+
+
+def test_extra_network_tags_are_dropped_as_a1111_does(pipe):
+    tagged = pipe.encode(a1111_request("Euler", "Automatic", prompt="a (red:1.2) <lora:detail:0.8>cat")).at(0)[0]
+    clean = pipe.encode(a1111_request("Euler", "Automatic", prompt="a (red:1.2) cat")).at(0)[0]
+    np.testing.assert_array_equal(tagged["encoder_hidden_states"], clean["encoder_hidden_states"])

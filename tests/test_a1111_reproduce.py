@@ -135,8 +135,9 @@ def test_info_shows_the_reading_and_what_cannot_be_honoured(tmp_path):
     assert "sampler: DPM++ 2M (Automatic1111, k-diffusion)" in out and "schedule type: Karras" in out
     assert "noise source: nv (no RNG field: Automatic1111's default GPU source" in out
     assert "clip skip: 2" in out and "variation seed: 99" in out and "seed resize from: 48x48" in out
+    assert "eta noise seed delta: 31337" in out
     cannot = out.split("sdcpu cannot honour:")[1]
-    assert "Hires upscale" in cannot and "ENSD" in cannot and "<lora:...>" in cannot
+    assert "Hires upscale" in cannot and "ENSD" not in cannot and "<lora:...>" in cannot
 
 
 def test_info_names_a_refused_sampler_and_its_nearest(tmp_path):

@@ -24,6 +24,7 @@ app = typer.Typer(
 from sdcpu.engine.cli.shared_options import (  # noqa: E402
     CLIP_SKIP_OPTION,
     DEEPCACHE_HELP,
+    ENSD_OPTION,
     FAST_HELP,
     GUIDANCE_INTERVAL_HELP,
     INFERENCE_PRECISION_HELP,
@@ -153,6 +154,7 @@ def generate(
     subseed: Optional[int] = SUBSEED_OPTION,
     subseed_strength: Optional[float] = SUBSEED_STRENGTH_OPTION,
     seed_resize_from: Optional[str] = SEED_RESIZE_OPTION,
+    ensd: Optional[int] = ENSD_OPTION,
 ):
     """Generate images from PROMPT with an exported model, from noise or from --init-image.
 
@@ -170,7 +172,7 @@ def generate(
         tiny_vae=tiny_vae, guidance_interval=guidance_interval, static_shapes=static_shapes, fast=fast,
         init_image=init_image, strength=strength, mask=mask, mask_blur=mask_blur, resize=resize,
         schedule_type=schedule_type, prompt_syntax=prompt_syntax, clip_skip=clip_skip, noise=noise, subseed=subseed,
-        subseed_strength=subseed_strength, seed_resize_from=seed_resize_from,
+        subseed_strength=subseed_strength, seed_resize_from=seed_resize_from, ensd=ensd,
     )
 
 
@@ -228,6 +230,7 @@ def grid(
     subseed: Optional[int] = SUBSEED_OPTION,
     subseed_strength: Optional[float] = SUBSEED_STRENGTH_OPTION,
     seed_resize_from: Optional[str] = SEED_RESIZE_OPTION,
+    ensd: Optional[int] = ENSD_OPTION,
 ):
     """Render PROMPT for every step count x seed x guidance (at most 64 cells) as a labelled contact sheet.
 
@@ -243,7 +246,7 @@ def grid(
         guidance_interval=guidance_interval, static_shapes=static_shapes, fast=fast, init_image=init_image,
         strengths=strengths, mask=mask, mask_blur=mask_blur, resize=resize, subseed_strengths=subseed_strengths,
         schedule_type=schedule_type, prompt_syntax=prompt_syntax, clip_skip=clip_skip, noise=noise, subseed=subseed,
-        subseed_strength=subseed_strength, seed_resize_from=seed_resize_from,
+        subseed_strength=subseed_strength, seed_resize_from=seed_resize_from, ensd=ensd,
     )
 
 

@@ -9,6 +9,7 @@ import typer
 from PIL import Image
 from tqdm import tqdm
 
+from sdcpu.engine.a1111_samplers import ignores_schedule_type, is_a1111_sampler
 from sdcpu.engine.atomic import atomic_write
 from sdcpu.engine.cli.interactive import ask_options
 from sdcpu.engine.cli.output_files import (
@@ -37,6 +38,7 @@ from sdcpu.engine.request_defaults import (
     read_image_inputs,
     request_size,
 )
+from sdcpu.engine.text_conditioning import extra_network_tags
 from sdcpu.models.registry import step_advice
 
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_inv_fmt}]"
@@ -138,6 +140,13 @@ def _notes(pipe: Pipeline, request: Request, seed_given: int | None, steps_run: 
         _note("the negative prompt is unused without classifier-free guidance")
     for label, (count, limit) in pipe.overlong_prompts(request).items():
         _note(f"the {label} is {count} tokens long; only its first {limit} are used (the rest is cut, as diffusers does)")
+    if is_a1111_sampler(request.sampler) and ignores_schedule_type(request.sampler, request.schedule_type):
+        _note(f"Automatic1111 runs {request.sampler} on its own timesteps: schedule type {request.schedule_type} "
+              "has no effect, as in A1111")
+    tags = extra_network_tags(request.prompt) if request.prompt_syntax != "plain" else []
+    if tags:
+        _note(f"the prompt's {', '.join(tags)} {'is' if len(tags) == 1 else 'are'} dropped, as Automatic1111 drops "
+              "extra-network tags; sdcpu bakes LoRAs in at export (sdcpu export --lora)")
     for label, (count, chunks) in pipe.chunked_prompts(request).items():
         _note(f"the {label} is {count} tokens long in {chunks} chunks of up to 75 (BREAK starts one), encoded chunk by "
               "chunk as Automatic1111 does (--prompt-syntax plain cuts it at 75, as diffusers)")
@@ -206,7 +215,8 @@ def run_generate(prompt: str | None = None, model=None, negative_prompt: str | N
     check_free_space(target, needed)
     pipe.fit_static_shapes(request, log=lambda line: typer.echo(line, err=True))
     _notes(pipe, request, o.seed, steps_run)
-    on_denoised = _preview_callback(pipe, request, target, preview_every, preview, seeds)
+    labels = [f"{s}-{v}" for s, v in zip(seeds, subseeds)] if request.subseed_strength else seeds
+    on_denoised = _preview_callback(pipe, request, target, preview_every, preview, labels)
     with progress_bar(steps_run) as bar:
         result = pipe.generate(request, on_step=lambda i, n: _advance(bar, i, n), on_denoised=on_denoised)
     for path, image, image_seed, subseed in zip(paths, result.images, seeds, subseeds):
