@@ -138,11 +138,20 @@ def _notes(pipe: Pipeline, request: Request, seed_given: int | None, steps_run: 
         _note(f"image-to-image at strength {request.strength:g}: {steps_run} of {request.steps} steps run")
     if request.negative_prompt and not pipe.uses_cfg(request.guidance):
         _note("the negative prompt is unused without classifier-free guidance")
+    _prompt_notes(pipe, request)
+    if seed_given is None or seed_given == -1:
+        typer.echo(f"seed: {request.seed}", err=True)
+
+
+def _prompt_notes(pipe: Pipeline, request: Request) -> None:
+    """How the prompt and the A1111 settings are read: cut or chunked prompts, dropped tags, ignored settings."""
     for label, (count, limit) in pipe.overlong_prompts(request).items():
         _note(f"the {label} is {count} tokens long; only its first {limit} are used (the rest is cut, as diffusers does)")
     if is_a1111_sampler(request.sampler) and ignores_schedule_type(request.sampler, request.schedule_type):
         _note(f"Automatic1111 runs {request.sampler} on its own timesteps: schedule type {request.schedule_type} "
               "has no effect, as in A1111")
+    if request.clip_skip > 1 and pipe.text.sdxl:
+        _note(f"SDXL ignores --clip-skip {request.clip_skip}, as Automatic1111 does by default (it is recorded)")
     tags = extra_network_tags(request.prompt) if request.prompt_syntax != "plain" else []
     if tags:
         _note(f"the prompt's {', '.join(tags)} {'is' if len(tags) == 1 else 'are'} dropped, as Automatic1111 drops "
@@ -150,8 +159,6 @@ def _notes(pipe: Pipeline, request: Request, seed_given: int | None, steps_run: 
     for label, (count, chunks) in pipe.chunked_prompts(request).items():
         _note(f"the {label} is {count} tokens long in {chunks} chunks of up to 75 (BREAK starts one), encoded chunk by "
               "chunk as Automatic1111 does (--prompt-syntax plain cuts it at 75, as diffusers)")
-    if seed_given is None or seed_given == -1:
-        typer.echo(f"seed: {request.seed}", err=True)
 
 
 def _preview_callback(pipe: Pipeline, request: Request, output: Path, every: int | None, kind: str, seeds):

@@ -270,6 +270,9 @@ def run_grid(prompt: str, model: str | Path | None = None, steps: str | None = N
     started = time.perf_counter()
     steps_list, seed_list, guidances = parse_lists(steps, seeds, guidance)
     settings["seed_resize_from"] = parse_seed_resize(seed_resize_from)
+    if settings.get("subseed") == -1:
+        settings["subseed"] = resolve_seed(-1)  # one variation seed for the whole sheet
+        typer.echo(f"variation seed: {settings['subseed']}", err=True)
     column = column_axis(parse_strengths(strengths), parse_strengths(subseed_strengths, "--subseed-strengths", False),
                          steps_list, init_image, settings.get("subseed"))
     strength_list = parse_strengths(strengths) or parse_strengths(subseed_strengths, "--subseed-strengths", False)
