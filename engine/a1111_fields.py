@@ -53,7 +53,6 @@ UNHONOURED_FIELDS = {
     "VAE": "a separate VAE file is not supported (the export's own VAE is used)",
     "VAE hash": "a separate VAE file is not supported (the export's own VAE is used)",
     "Refiner": "the SDXL refiner is not supported",
-    "Emphasis": "only A1111's default emphasis (\"Original\") is implemented",
     "Pad conds": "padding prompt and negative prompt to the same length is not implemented",
     "Image CFG scale": "instruct-pix2pix models are not supported",
     "Noise multiplier": "an img2img noise multiplier other than 1 is not implemented",
@@ -94,6 +93,7 @@ def text_encoder_items(p) -> list[tuple[str, str]]:
     """Clip skip (A1111 writes it only when > 1), the eta noise seed delta (only when set) and the noise source."""
     items = [("Clip skip", str(p.clip_skip))] if p.clip_skip > 1 else []
     items += [("ENSD", str(p.ensd))] if p.ensd else []
+    items += [("Emphasis", p.emphasis)] if p.emphasis != "Original" else []
     return items + [("RNG", RNG_LABELS[p.noise])]
 
 
@@ -159,6 +159,7 @@ FIELD_READERS = {
     "subseed": _subseed,
     "subseed_strength": lambda fields: optional(fields, "Variation seed strength", real_number),
     "ensd": lambda fields: optional(fields, "ENSD", whole_number) or 0,
+    "emphasis": lambda fields: fields.get("Emphasis") or "Original",
     "seed_resize_from": lambda fields: parse_size(fields["Seed resize from"])
     if fields.get("Seed resize from") not in (None, "", "-1x-1", "0x0") else None,
 }
@@ -169,8 +170,6 @@ def unhonoured(fields: dict[str, str]) -> dict[str, str]:
     found = {key: why for key, why in UNHONOURED_FIELDS.items() if fields.get(key) not in (None, "")}
     if fields.get("Eta") in ("1", "1.0"):
         found.pop("Eta", None)
-    if fields.get("Emphasis") == "Original":
-        found.pop("Emphasis", None)
     if " AND " in fields.get("Prompt", ""):
         found["AND in the prompt"] = "composable prompts are not supported: the prompt is read as one"
     if "<lora:" in fields.get("Prompt", "") or "<hypernet:" in fields.get("Prompt", ""):

@@ -208,18 +208,6 @@ class Pipeline:
         return image_to_image_schedule(request.sampler, self.scheduler_config, request.steps, request.strength,
                                        self.lcm_pipeline).steps
 
-    def overlong_prompts(self, request: Request) -> dict[str, tuple[int, int]]:
-        """Plain syntax: the prompts longer than the text encoder reads, as {label: (tokens, tokens used)}."""
-        if request.prompt_syntax != "plain":
-            return {}
-        return self.text.overlong({"prompt": request.prompt, "negative prompt": request.negative_prompt})
-
-    def chunked_prompts(self, request: Request) -> dict[str, tuple[int, int]]:
-        """A1111 syntax: the prompts longer than one 75-token chunk, as {label: (tokens, chunks)}."""
-        if request.prompt_syntax == "plain":
-            return {}
-        return self.text.chunked({"prompt": request.prompt, "negative prompt": request.negative_prompt})
-
     def schedule_steps(self, request: Request) -> int:
         """The steps prompt editing counts in: A1111's total_steps (twice the steps for second-order samplers)."""
         second_order = is_a1111_sampler(request.sampler) and A1111_SAMPLERS[request.sampler].second_order
@@ -228,7 +216,7 @@ class Pipeline:
     def conditioning(self, request: Request, cfg: bool) -> TextConditioning:
         """The text encoders' inputs to the UNet for every call (prompt embeddings; SDXL: pooled too)."""
         return self.text.conditioning(request.prompt, request.negative_prompt, request.prompt_syntax,
-                                      request.clip_skip, self.schedule_steps(request), cfg)
+                                      request.clip_skip, self.schedule_steps(request), cfg, request.emphasis)
 
     def token_lengths(self, request: Request, cfg: bool) -> set[int]:
         """The UNet context lengths `request` feeds it (77 per 75-token chunk), from the tokenizer alone."""
@@ -272,7 +260,7 @@ class Pipeline:
         edits = len(prompt_schedule(request.prompt, 1000)) > 1 or len(prompt_schedule(request.negative_prompt, 1000)) > 1
         steps = self.schedule_steps(request) if edits and request.prompt_syntax != "plain" else None
         return (self.uses_cfg(request.guidance), request.prompt, request.negative_prompt, request.prompt_syntax,
-                request.clip_skip, steps)
+                request.clip_skip, request.emphasis, steps)
 
     def generate(self, request: Request, on_step: StepCallback | None = None,
                  conditioning: TextConditioning | None = None,

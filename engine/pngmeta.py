@@ -79,6 +79,7 @@ class GenerationParams:
     model_hash: str = ""
     model_path: str = ""
     ensd: int = 0
+    emphasis: str = "Original"
 
     def __post_init__(self):
         a1111_fields.check_sampler(self.sampler)

@@ -42,6 +42,7 @@ class Options:
     subseed_strength: float | None = None
     seed_resize_from: tuple[int, int] | None = None
     ensd: int | None = None
+    emphasis: str | None = None
 
     def settings(self) -> dict:
         """The keywords of request_defaults.seed_settings (sampler and A1111's text and noise settings)."""
@@ -49,7 +50,7 @@ class Options:
 
 
 SETTINGS = ("schedule_type", "prompt_syntax", "clip_skip", "noise", "subseed", "subseed_strength", "seed_resize_from",
-            "ensd")
+            "ensd", "emphasis")
 
 
 PARAMS_NAME = {"scheduler": "sampler", "resize": "resize_mode"}  # Options name -> GenerationParams name
@@ -94,7 +95,7 @@ def describe_png(path: Path) -> str:
 
 READING = {"sampler": "sampler", "schedule_type": "schedule type", "noise": "noise source", "clip_skip": "clip skip",
            "prompt_syntax": "prompt syntax", "subseed": "variation seed", "subseed_strength": "variation strength",
-           "seed_resize_from": "seed resize from", "ensd": "eta noise seed delta"}
+           "seed_resize_from": "seed resize from", "ensd": "eta noise seed delta", "emphasis": "emphasis"}
 
 
 def reading(fields: dict[str, str]) -> list[str]:

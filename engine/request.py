@@ -18,6 +18,7 @@ from sdcpu.engine.image_noise import NOISE_SOURCES, image_seeds
 from sdcpu.engine.img2img import validate_image_inputs
 from sdcpu.engine.manifest import Manifest
 from sdcpu.engine.noise import SEED_LIMIT
+from sdcpu.engine.prompt_chunks import EMPHASIS_MODES
 from sdcpu.engine.samplers import SAMPLERS
 from sdcpu.engine.schedules import make_schedule
 from sdcpu.engine.size_limits import check_size_limits, check_size_multiple
@@ -60,6 +61,8 @@ class Request:
     seed_resize_from: tuple[int, int] | None = None
     """(width, height) the noise is drawn at and pasted centred (A1111's "Resize seed from")."""
     ensd: int = 0
+    emphasis: str = "Original"
+    """A1111's emphasis mode for (word:1.2) weights: Original, No norm, Ignore, None (engine/prompt_chunks.py)."""
     """A1111's eta noise seed delta: draws after the initial noise come from generators seeded seed + ensd."""
 
     def image_seeds(self) -> tuple[list[int], list[int]]:
@@ -95,6 +98,8 @@ def validate_request(request: Request, manifest: Manifest, config: dict, lcm_pip
     check_size_limits(request.width, request.height, request.batch, manifest.latent_channels)
     validate_image_inputs(request, manifest, config, lcm_pipeline)
     validate_seed_options(request, manifest)
+    if request.emphasis not in EMPHASIS_MODES:
+        raise UserError(f"--emphasis must be one of {', '.join(EMPHASIS_MODES)} (got {request.emphasis!r})")
     if request.prompt_syntax not in PROMPT_SYNTAXES:
         raise UserError(f"--prompt-syntax must be one of {', '.join(PROMPT_SYNTAXES)} (got {request.prompt_syntax!r})")
     if not isinstance(request.clip_skip, int) or not 1 <= request.clip_skip <= MAX_CLIP_SKIP:

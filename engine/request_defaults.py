@@ -106,14 +106,16 @@ def sampler_choice(scheduler: str | None, schedule_type: str | None, pipe: Pipel
 def seed_settings(pipe: Pipeline, scheduler: str | None, schedule_type: str | None = None,
                   prompt_syntax: str | None = None, clip_skip: int | None = None, noise: str | None = None,
                   subseed: int | None = None, subseed_strength: float | None = None,
-                  seed_resize_from: tuple[int, int] | None = None, ensd: int | None = None) -> dict:
+                  seed_resize_from: tuple[int, int] | None = None, ensd: int | None = None,
+                  emphasis: str | None = None) -> dict:
     """The Request fields for the sampler and A1111's text and noise settings, defaults filled in."""
     sampler, schedule = sampler_choice(scheduler, schedule_type, pipe)
     strength = subseed_strength or 0.0
     return dict(sampler=sampler, schedule_type=schedule, prompt_syntax=prompt_syntax or A1111_SYNTAX,
                 clip_skip=1 if clip_skip is None else clip_skip, noise=noise or "cpu",
                 subseed=_resolved_seed(subseed, "--subseed") if subseed is not None and strength > 0 else None,
-                subseed_strength=strength, seed_resize_from=seed_resize_from, ensd=ensd or 0)
+                subseed_strength=strength, seed_resize_from=seed_resize_from, ensd=ensd or 0,
+                emphasis=emphasis or "Original")
 
 
 def build_request(pipe: Pipeline, prompt: str, negative_prompt: str, steps, guidance, seed: int,
@@ -180,7 +182,7 @@ def params_for(pipe: Pipeline, request: Request, seed: int, images: ImageInputs 
         prompt_syntax=request.prompt_syntax, clip_skip=request.clip_skip, noise=request.noise,
         subseed=(request.subseed if subseed is None else subseed) if varied else None,
         subseed_strength=request.subseed_strength if varied else None, seed_resize_from=request.seed_resize_from,
-        ensd=request.ensd,
+        ensd=request.ensd, emphasis=request.emphasis,
         model_hash=m.a1111_hash or "", model_path=str(pipe.folder.resolve()),
         prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
         sampler=request.sampler, guidance=request.guidance, seed=seed, width=request.width,

@@ -103,7 +103,7 @@ class TextEncoders:
         if isinstance(layers, int) and clip_skip > layers:
             raise UserError(f"--clip-skip {clip_skip}: this text encoder has {layers} layers")
 
-    def _encode_texts(self, texts: list[str], syntax: str, clip_skip: int) -> list[Entry]:
+    def _encode_texts(self, texts: list[str], syntax: str, clip_skip: int, emphasis: str) -> list[Entry]:
         """One entry per text; A1111 syntax encodes the texts as one batch (emphasis means span them all)."""
         hidden, pooled = [], None
         for tokenizer, encoder in zip(self.tokenizers, self.encoders):
@@ -115,7 +115,7 @@ class TextEncoders:
                     outputs = [h for h, _ in outputs]
                 out = np.concatenate(outputs)
             else:
-                out = encode_batch(tokenize_batch(tokenizer, texts), encode)
+                out = encode_batch(tokenize_batch(tokenizer, texts, emphasis=emphasis), encode, emphasis)
                 if isinstance(out, tuple):
                     out, pooled = out
             hidden.append(np.asarray(out, np.float32))
@@ -128,13 +128,14 @@ class TextEncoders:
                 entry["text_embeds"] = np.asarray(pooled[i:i + 1], np.float32)
         return entries
 
-    def prompt(self, text: str, syntax: str, clip_skip: int, schedule_steps: int) -> PromptConditioning:
+    def prompt(self, text: str, syntax: str, clip_skip: int, schedule_steps: int,
+               emphasis: str = "Original") -> PromptConditioning:
         """One prompt's conditioning schedule."""
         if syntax == "plain":
             schedule = [(schedule_steps, text)]
         else:
             schedule = prompt_schedule(EXTRA_NETWORK_TAG.sub("", text), schedule_steps)
-        entries = self._encode_texts([t for _, t in schedule], syntax, clip_skip)
+        entries = self._encode_texts([t for _, t in schedule], syntax, clip_skip, emphasis)
         return PromptConditioning([(end, entry) for (end, _), entry in zip(schedule, entries)])
 
     def zeros_like(self, positive: PromptConditioning) -> PromptConditioning:
@@ -145,15 +146,15 @@ class TextEncoders:
         return PromptConditioning([(positive.schedule[-1][0], zeros)])
 
     def conditioning(self, prompt: str, negative_prompt: str, syntax: str, clip_skip: int, schedule_steps: int,
-                     cfg: bool) -> TextConditioning:
+                     cfg: bool, emphasis: str = "Original") -> TextConditioning:
         """The request's text conditioning: the prompt's and, with CFG, the negative prompt's."""
         clip_skip = 1 if self.sdxl else clip_skip
-        positive = self.prompt(prompt, syntax, clip_skip, schedule_steps)
+        positive = self.prompt(prompt, syntax, clip_skip, schedule_steps, emphasis)
         if not cfg:
             return TextConditioning(positive, None)
         if not negative_prompt and self.zeros_for_empty_negative:
             return TextConditioning(positive, self.zeros_like(positive))
-        return TextConditioning(positive, self.prompt(negative_prompt, syntax, clip_skip, schedule_steps))
+        return TextConditioning(positive, self.prompt(negative_prompt, syntax, clip_skip, schedule_steps, emphasis))
 
     def token_lengths(self, texts: list[str], syntax: str, schedule_steps: int) -> set[int]:
         """The context lengths (77 per chunk) the texts will give, without running an encoder."""
@@ -166,17 +167,18 @@ class TextEncoders:
             lengths.add(chunks * self.tokenizers[0].max_length)
         return lengths
 
-    def overlong(self, texts: dict[str, str]) -> dict[str, tuple[int, int]]:
-        """Plain syntax: the prompts longer than the text encoder reads, as {label: (tokens, tokens used)}."""
+    def length_notes(self, prompt: str, negative_prompt: str, syntax: str) -> dict[str, tuple[str, int, int]]:
+        """{label: ("cut", tokens, tokens used)} for plain prompts over 75 tokens, {label: ("chunked", tokens,
+        chunks)} for A1111-syntax prompts of more than one chunk."""
         tokenizer = self.tokenizers[0]
-        limit = tokenizer.max_length - 2
-        counts = {label: tokenizer.count(text) for label, text in texts.items() if text}
-        return {label: (count, limit) for label, count in counts.items() if count > limit}
-
-    def chunked(self, texts: dict[str, str]) -> dict[str, tuple[int, int]]:
-        """A1111 syntax: the prompts longer than one chunk, as {label: (tokens, chunks)}."""
-        tokenizer = self.tokenizers[0]
-        texts = {label: EXTRA_NETWORK_TAG.sub("", text) for label, text in texts.items()}
-        counts = {label: (tokenizer.count(text), len(tokenize_weighted(tokenizer, text)))
-                  for label, text in texts.items() if text}
-        return {label: counted for label, counted in counts.items() if counted[1] > 1}
+        notes = {}
+        for label, text in (("prompt", prompt), ("negative prompt", negative_prompt)):
+            text = text if syntax == "plain" else EXTRA_NETWORK_TAG.sub("", text)
+            if not text:
+                continue
+            count = tokenizer.count(text)
+            if syntax == "plain" and count > tokenizer.max_length - 2:
+                notes[label] = ("cut", count, tokenizer.max_length - 2)
+            elif syntax != "plain" and len(chunks := tokenize_weighted(tokenizer, text)) > 1:
+                notes[label] = ("chunked", count, len(chunks))
+        return notes

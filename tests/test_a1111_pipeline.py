@@ -175,3 +175,14 @@ def test_extra_network_tags_are_dropped_as_a1111_does(pipe):
     tagged = pipe.encode(a1111_request("Euler", "Automatic", prompt="a (red:1.2) <lora:detail:0.8>cat")).at(0)[0]
     clean = pipe.encode(a1111_request("Euler", "Automatic", prompt="a (red:1.2) cat")).at(0)[0]
     np.testing.assert_array_equal(tagged["encoder_hidden_states"], clean["encoder_hidden_states"])
+
+
+def test_emphasis_modes_follow_a1111(pipe):
+    def context(prompt, emphasis):
+        request = a1111_request("Euler", "Automatic", prompt=prompt, emphasis=emphasis)
+        return pipe.encode(request).at(0)[0]["encoder_hidden_states"]
+
+    original, no_norm = context("a (red:1.5) cat", "Original"), context("a (red:1.5) cat", "No norm")
+    assert not np.array_equal(original, no_norm)
+    np.testing.assert_array_equal(context("a (red:1.5) cat", "Ignore"), context("a red cat", "Original"))
+    assert not np.array_equal(context("a (red:1.5) cat", "None"), context("a red cat", "Original"))

@@ -51,10 +51,12 @@ def test_round_trip_every_sampler(sampler):
 @pytest.mark.parametrize("schedule", ["Automatic", "Karras", "SGM Uniform"])
 def test_round_trip_every_a1111_sampler(sampler, schedule):
     params = make_params(sampler=sampler, schedule_type=schedule, noise="nv", clip_skip=2, subseed=9,
-                         subseed_strength=0.25, seed_resize_from=(512, 384), model_hash="0123456789", ensd=31337)
+                         subseed_strength=0.25, seed_resize_from=(512, 384), model_hash="0123456789", ensd=31337,
+                         emphasis="No norm")
     text = format_parameters(params)
     assert "sdcpu sampler" not in text and f"Sampler: {sampler}, Schedule type: {schedule}" in text
     assert "Clip skip: 2" in text and "RNG: NV" in text and "Seed resize from: 512x384" in text and "ENSD: 31337" in text
+    assert "Emphasis: No norm" in text
     assert params_from_text(text) == params
 
 

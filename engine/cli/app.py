@@ -24,6 +24,7 @@ app = typer.Typer(
 from sdcpu.engine.cli.shared_options import (  # noqa: E402
     CLIP_SKIP_OPTION,
     DEEPCACHE_HELP,
+    EMPHASIS_OPTION,
     ENSD_OPTION,
     FAST_HELP,
     GUIDANCE_INTERVAL_HELP,
@@ -155,6 +156,7 @@ def generate(
     subseed_strength: Optional[float] = SUBSEED_STRENGTH_OPTION,
     seed_resize_from: Optional[str] = SEED_RESIZE_OPTION,
     ensd: Optional[int] = ENSD_OPTION,
+    emphasis: Optional[str] = EMPHASIS_OPTION,
 ):
     """Generate images from PROMPT with an exported model, from noise or from --init-image.
 
@@ -173,6 +175,7 @@ def generate(
         init_image=init_image, strength=strength, mask=mask, mask_blur=mask_blur, resize=resize,
         schedule_type=schedule_type, prompt_syntax=prompt_syntax, clip_skip=clip_skip, noise=noise, subseed=subseed,
         subseed_strength=subseed_strength, seed_resize_from=seed_resize_from, ensd=ensd,
+        emphasis=emphasis,
     )
 
 
@@ -231,6 +234,7 @@ def grid(
     subseed_strength: Optional[float] = SUBSEED_STRENGTH_OPTION,
     seed_resize_from: Optional[str] = SEED_RESIZE_OPTION,
     ensd: Optional[int] = ENSD_OPTION,
+    emphasis: Optional[str] = EMPHASIS_OPTION,
 ):
     """Render PROMPT for every step count x seed x guidance (at most 64 cells) as a labelled contact sheet.
 
@@ -247,6 +251,7 @@ def grid(
         strengths=strengths, mask=mask, mask_blur=mask_blur, resize=resize, subseed_strengths=subseed_strengths,
         schedule_type=schedule_type, prompt_syntax=prompt_syntax, clip_skip=clip_skip, noise=noise, subseed=subseed,
         subseed_strength=subseed_strength, seed_resize_from=seed_resize_from, ensd=ensd,
+        emphasis=emphasis,
     )
 
 

@@ -145,8 +145,13 @@ def _notes(pipe: Pipeline, request: Request, seed_given: int | None, steps_run: 
 
 def _prompt_notes(pipe: Pipeline, request: Request) -> None:
     """How the prompt and the A1111 settings are read: cut or chunked prompts, dropped tags, ignored settings."""
-    for label, (count, limit) in pipe.overlong_prompts(request).items():
-        _note(f"the {label} is {count} tokens long; only its first {limit} are used (the rest is cut, as diffusers does)")
+    lengths = pipe.text.length_notes(request.prompt, request.negative_prompt, request.prompt_syntax)
+    for label, (kind, count, limit) in lengths.items():
+        if kind == "cut":
+            _note(f"the {label} is {count} tokens long; only its first {limit} are used (the rest is cut, as diffusers does)")
+        else:
+            _note(f"the {label} is {count} tokens long in {limit} chunks of up to 75 (BREAK starts one), encoded chunk "
+                  "by chunk as Automatic1111 does (--prompt-syntax plain cuts it at 75, as diffusers)")
     if is_a1111_sampler(request.sampler) and ignores_schedule_type(request.sampler, request.schedule_type):
         _note(f"Automatic1111 runs {request.sampler} on its own timesteps: schedule type {request.schedule_type} "
               "has no effect, as in A1111")
@@ -156,9 +161,6 @@ def _prompt_notes(pipe: Pipeline, request: Request) -> None:
     if tags:
         _note(f"the prompt's {', '.join(tags)} {'is' if len(tags) == 1 else 'are'} dropped, as Automatic1111 drops "
               "extra-network tags; sdcpu bakes LoRAs in at export (sdcpu export --lora)")
-    for label, (count, chunks) in pipe.chunked_prompts(request).items():
-        _note(f"the {label} is {count} tokens long in {chunks} chunks of up to 75 (BREAK starts one), encoded chunk by "
-              "chunk as Automatic1111 does (--prompt-syntax plain cuts it at 75, as diffusers)")
 
 
 def _preview_callback(pipe: Pipeline, request: Request, output: Path, every: int | None, kind: str, seeds):

@@ -90,6 +90,7 @@ NOISE_OPTION = typer.Option(None, "--noise", help=NOISE_HELP)
 SUBSEED_OPTION = typer.Option(None, "--subseed", help=SUBSEED_HELP)
 SUBSEED_STRENGTH_OPTION = typer.Option(None, "--subseed-strength", help=SUBSEED_STRENGTH_HELP)
 SEED_RESIZE_OPTION = typer.Option(None, "--seed-resize-from", help=SEED_RESIZE_HELP)
+EMPHASIS_OPTION = typer.Option(None, "--emphasis", help="A1111's emphasis mode for (word:1.2) weights: Original (default: scale each token, then restore the chunk's mean), 'No norm' (scale only), Ignore (parse, weights unused), None (brackets are literal text).")
 ENSD_OPTION = typer.Option(None, "--ensd", help="Eta noise seed delta (A1111's ENSD, e.g. 31337): the noise drawn after the initial noise (ancestral samplers) comes from generators seeded with seed + this. Default 0 (off).")
 
 
