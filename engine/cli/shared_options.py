@@ -70,8 +70,8 @@ SCHEDULE_TYPE_HELP = (
     "own: Karras for DPM++ 2M, DPM++ 2S a, DPM2; the model's discrete sigmas for the others)."
 )
 PROMPT_SYNTAX_HELP = (
-    "a1111 (default): Automatic1111's prompt syntax: (word) x1.1, [word] /1.1, (word:1.3), \\( \\) literal, BREAK, "
-    "prompts of any length in 75-token chunks, [from:to:when] editing and [a|b] alternation per step. "
+    "a1111 (default): Automatic1111's prompt syntax: (word) x1.1, \\[word] /1.1, (word:1.3), \\( \\) literal, "
+    "BREAK, prompts of any length in 75-token chunks, \\[from:to:when] editing and \\[a|b] alternation per step. "
     "plain: the literal text, cut at 75 tokens, as diffusers."
 )
 CLIP_SKIP_HELP = "Stop the text encoder this many layers from the end (A1111 numbering: 1 = last layer, 2 = penultimate). SD1.5-family exports; SDXL ignores it, as A1111 does by default."
