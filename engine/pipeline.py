@@ -74,11 +74,11 @@ class Pipeline:
                  load_encoder: Callable[[], Graph] | None = None):
         self.folder = folder
         self.manifest = manifest
-        self.text_encoders = [graphs[n] for n in ("text_encoder", "text_encoder_2") if n in graphs]
         self.unet = graphs["unet"]
         self.vae_decoder = graphs["vae_decoder"]
         self.tokenizers = tokenizers
-        self.text = TextEncoders(tokenizers, self.text_encoders, manifest.force_zeros_for_empty_prompt, manifest.source)
+        encoders = [graphs[n] for n in ("text_encoder", "text_encoder_2") if n in graphs]
+        self.text = TextEncoders(tokenizers, encoders, manifest.force_zeros_for_empty_prompt, manifest.source)
         self.scheduler_config = scheduler_config
         self.image_encoder = ImageEncoder(load_encoder, f"{folder} has no VAE encoder (exported before sdcpu had "
                                           f"image-to-image); re-export it to use --init-image: "
@@ -141,6 +141,11 @@ class Pipeline:
             return load_graph(folder, VAE_ENCODER, entry, manifest.format, cache_dir, inference_precision, log, wanted)
 
         return cls(folder, manifest, graphs, tokenizers, config, load_encoder if VAE_ENCODER in manifest.components else None)
+
+    @property
+    def text_encoders(self) -> list[Graph]:
+        """The text encoder graph(s), as `self.text` runs them."""
+        return self.text.encoders
 
     @property
     def deepcache(self) -> int | None:
@@ -220,11 +225,10 @@ class Pipeline:
 
     def token_lengths(self, request: Request, cfg: bool) -> set[int]:
         """The UNet context lengths `request` feeds it (77 per 75-token chunk), from the tokenizer alone."""
-        texts = [request.prompt]
-        if cfg and (request.negative_prompt or not self.manifest.force_zeros_for_empty_prompt):
-            texts.append(request.negative_prompt)
+        zero_negative = cfg and not request.negative_prompt and self.manifest.force_zeros_for_empty_prompt
+        texts = [request.prompt] + ([request.negative_prompt] if cfg and not zero_negative else [])
         lengths = self.text.token_lengths(texts, request.prompt_syntax, self.schedule_steps(request))
-        return lengths | ({self.tokenizers[0].max_length} if len(texts) < (2 if cfg else 1) else set())
+        return lengths | ({self.tokenizers[0].max_length} if zero_negative else set())  # zeros: one chunk
 
     def guidance_inputs(self, request: Request) -> dict[str, np.ndarray]:
         """LCM: the guidance scale embedding the UNet takes instead of CFG; nothing for other models."""

@@ -3,7 +3,10 @@
 The text is A1111's ``create_infotext`` layout: the prompt, an optional ``Negative prompt: ...``
 line, then one line of ``Key: value`` pairs joined by ", ", a value JSON-quoted when it holds a
 comma, colon or newline. A1111's keys include ``Denoising strength`` and ``Mask blur`` for image-to-image
-and inpainting. After them come sdcpu's: ``sdcpu sampler`` (our exact sampler name), ``Backend``,
+and inpainting, and the sampler, seed and text settings of engine/a1111_fields.py (``Schedule type``,
+``Variation seed``, ``Seed resize from``, ``Clip skip``, ``ENSD``, ``Emphasis``, ``RNG``, ``Model hash``).
+After them come sdcpu's: ``sdcpu sampler`` (our exact diffusers-style sampler name), ``Prompt syntax``,
+``Model path``, ``Backend``,
 ``Precision``, ``DeepCache``, ``VAE: tiny`` (the export's TAESD decoder), ``Resize mode``, ``Init image``
 and ``Mask`` (paths) with their ``SHA-256``, ``Family`` and ``Version: sdcpu X.Y.Z``. Our parser is A1111's
 ``parse_generation_parameters`` except that it keeps prompt lines unstripped, so that our prompts

@@ -107,8 +107,7 @@ def test_text_encoder_runs_once_per_grid(tiny_exports, tmp_path, monkeypatch, gu
 
     def init(self, *args, **kwargs):
         real_init(self, *args, **kwargs)
-        self.text_encoders = [CountingGraph(g, encoder_calls) for g in self.text_encoders]
-        self.text.encoders = self.text_encoders
+        self.text.encoders = [CountingGraph(g, encoder_calls) for g in self.text.encoders]
 
     def conditioning(self, request, cfg):
         conditioning_calls.append(cfg)
