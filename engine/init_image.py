@@ -9,6 +9,7 @@ does, with `--mask-blur PX` it is blurred (Gaussian, radius PX, as A1111) and st
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,9 +27,10 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class ImageFile:
-    """An image read from disk: its pixels (H, W, 3 uint8, or H, W for a mask), path and SHA-256."""
+    """An image read from disk or uploaded: its pixels (H, W, 3 uint8, or H, W for a mask), path (None for an
+    upload) and SHA-256."""
 
-    path: Path
+    path: Path | None
     sha256: str
     pixels: np.ndarray
 
@@ -46,18 +48,24 @@ def read_image_file(path: Path | str, label: str = "--init-image", grayscale: bo
         data = path.read_bytes()
     except OSError as exc:
         raise UserError(f"{label}: cannot read {path}: {exc.strerror or exc}") from None
+    return decode_image(data, f"{label}: {path}", grayscale, path)
+
+
+def decode_image(data: bytes, label: str, grayscale: bool = False, path: Path | None = None) -> ImageFile:
+    """Decode an image's bytes (a file's, or an upload's); its size is checked from the header before any pixel is
+    decoded, so a small file claiming a huge image (a decompression bomb) costs nothing."""
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             if max(width, height) > MAX_INIT_SIDE:
-                raise UserError(f"{label}: {path} is {width}x{height}; images up to {MAX_INIT_SIDE}x{MAX_INIT_SIDE} "
+                raise UserError(f"{label} is {width}x{height}; images up to {MAX_INIT_SIDE}x{MAX_INIT_SIDE} "
                                 "are accepted (scale it down first)")
             image.load()
             pixels = _to_array(image, grayscale)
     except UnidentifiedImageError:
-        raise UserError(f"{label}: {path} is not an image PIL can read (PNG, JPEG, WebP, ...)") from None
+        raise UserError(f"{label} is not an image PIL can read (PNG, JPEG, WebP, ...)") from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise UserError(f"{label}: {path} is damaged or truncated: {exc}") from None
+        raise UserError(f"{label} is damaged or truncated: {exc}") from None
     return ImageFile(path=path, sha256=hashlib.sha256(data).hexdigest(), pixels=pixels)
 
 

@@ -26,15 +26,20 @@ def read_parameters(path) -> str | None:
     cut short or corrupt, or whose parameters text exceeds MAX_PARAMETERS_BYTES.
     """
     with open(path, "rb") as file:
-        check_signature(file.read(16))
-        file.seek(len(PNG_SIGNATURE))
-        while True:
-            kind, length = read_chunk_header(file)
-            if kind == b"IEND":
-                return None
-            text = parameters_in_chunk(file, kind, length)
-            if text is not None:
-                return text
+        return parameters_in_file(file)
+
+
+def parameters_in_file(file) -> str | None:
+    """read_parameters of an open binary file (a PNG on disk, or one uploaded, in a BytesIO)."""
+    check_signature(file.read(16))
+    file.seek(len(PNG_SIGNATURE))
+    while True:
+        kind, length = read_chunk_header(file)
+        if kind == b"IEND":
+            return None
+        text = parameters_in_chunk(file, kind, length)
+        if text is not None:
+            return text
 
 
 def check_signature(head: bytes) -> None:

@@ -165,11 +165,16 @@ def image_fields(request: Request, images: ImageInputs | None) -> dict:
     if images is None or request.init_image is None:
         return {}
     fields = dict(strength=request.strength, resize_mode=images.resize_mode,
-                  init_image=str(images.init.path.resolve()), init_image_sha256=images.init.sha256)
+                  init_image=_recorded_path(images.init), init_image_sha256=images.init.sha256)
     if images.mask is not None:
-        fields.update(mask_blur=images.mask_blur or 0, mask=str(images.mask.path.resolve()),
+        fields.update(mask_blur=images.mask_blur or 0, mask=_recorded_path(images.mask),
                       mask_sha256=images.mask.sha256)
     return fields
+
+
+def _recorded_path(image: ImageFile) -> str:
+    """The path a PNG records for its init image or mask: none for an upload (its SHA-256 is recorded)."""
+    return "" if image.path is None else str(image.path.resolve())
 
 
 def params_for(pipe: Pipeline, request: Request, seed: int, images: ImageInputs | None = None,

@@ -1,4 +1,4 @@
-"""The `sdcpu` command line: export, generate, grid, models, info, demo, bench."""
+"""The `sdcpu` command line: export, generate, grid, models, info, demo, bench, serve."""
 
 from __future__ import annotations
 
@@ -313,6 +313,36 @@ def bench(
               inference_precision=inference_precision, deepcache=deepcache, tiny_vae=tiny_vae,
               guidance_interval=guidance_interval, static_shapes=static_shapes, fast=fast, init_image=init_image,
               strength=strength)
+
+
+@app.command()
+@user_errors
+def serve(
+    model: Optional[list[str]] = typer.Option(None, "--model", help="Model to serve: a folder or a name `sdcpu models` lists; repeat for several (the first is loaded at start). Default: every model `sdcpu models` finds, the bundled one first."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Anything but loopback without --api-auth prints a warning."),
+    port: int = typer.Option(7860, "--port", help="Port (Automatic1111's is 7860)."),
+    api_auth: Optional[str] = typer.Option(None, "--api-auth", help="USER:PASSWORD (several: U1:P1,U2:P2): HTTP basic auth on every route, the page included."),
+    queue_size: int = typer.Option(32, "--queue-size", help="Jobs that may wait behind the running one; beyond it requests get 503 with Retry-After."),
+    cors_allow_origins: Optional[list[str]] = typer.Option(None, "--cors-allow-origins", help="Origin allowed to call the API from another site's page (repeat for several). Default: none."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Most steps one request may ask for (default 150)."),
+    max_images: Optional[int] = typer.Option(None, "--max-images", help="Most images (batch_size x n_iter) one request may ask for (default 16)."),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Most pixels (width x height) per image (default 2048x2048)."),
+    max_body_mb: Optional[int] = typer.Option(None, "--max-body-mb", help="Largest request body in MiB (default 64)."),
+    save_dir: Optional[Path] = typer.Option(None, "--save-dir", help="Folder where requests with save_images: true are written. Default: nothing is written."),
+    inference_precision: Optional[str] = typer.Option(None, "--inference-precision", help=INFERENCE_PRECISION_HELP),
+    compile_cache: bool = typer.Option(True, "--compile-cache/--no-compile-cache", help="Reuse compiled OpenVINO graphs between runs."),
+    stop_after: Optional[float] = typer.Option(None, "--stop-after", help="Stop the server after this many seconds (scripts and tests)."),
+):
+    """Serve Automatic1111's web API (/sdapi/v1) and a page at / for generating in a browser.
+
+    Clients of A1111's API (webuiapi, SillyTavern, Open WebUI, ...) work when pointed at http://127.0.0.1:7860.
+    One job runs at a time; the others wait in a FIFO queue.
+    """
+    from sdcpu.engine.cli.serve import run_serve
+
+    run_serve(model or [], host, port, api_auth, queue_size, cors_allow_origins or [], inference_precision,
+              compile_cache, save_dir, stop_after, max_steps=max_steps, max_images=max_images,
+              max_pixels=max_pixels, max_body_mb=max_body_mb)
 
 
 @app.command()

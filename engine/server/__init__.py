@@ -1,0 +1,1 @@
+"""sdcpu.engine.server: `sdcpu serve`, Automatic1111's web API and a browser page over one FIFO queue (FastAPI)."""

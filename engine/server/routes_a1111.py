@@ -1,0 +1,102 @@
+"""Automatic1111's API under /sdapi/v1: thin routes over the queue and engine/server/a1111_*.py."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+
+from sdcpu.engine.errors import UserError
+from sdcpu.engine.server import a1111_lists
+from sdcpu.engine.server.a1111_jobs import run_generation
+from sdcpu.engine.server.a1111_schema import Img2ImgBody, OptionsBody, PngInfoBody, Txt2ImgBody
+from sdcpu.engine.server.state import ServerState, run_queued, server_state
+
+router = APIRouter(prefix="/sdapi/v1")
+State = Depends(server_state)
+
+
+async def _generate(request: Request, state: ServerState, body: Txt2ImgBody, kind: str) -> dict:
+    if body.save_images and state.save_dir is None:
+        raise UserError("save_images needs a server started with --save-dir DIR; the images come back in the "
+                        "answer either way")
+    options = state.options
+    if body.override_settings and "sd_model_checkpoint" in body.override_settings:
+        state.slot.find(str(body.override_settings["sd_model_checkpoint"]))  # unknown: 422 before queueing
+
+    def work(control):
+        return run_generation(state.slot, body, options, state.limits, control, state.save_dir)
+
+    return await run_queued(request, state, kind, work, body.n_iter)
+
+
+@router.post("/txt2img")
+async def txt2img(body: Txt2ImgBody, request: Request, state: ServerState = State) -> dict:
+    return await _generate(request, state, body, "txt2img")
+
+
+@router.post("/img2img")
+async def img2img(body: Img2ImgBody, request: Request, state: ServerState = State) -> dict:
+    return await _generate(request, state, body, "img2img")
+
+
+@router.get("/progress")
+async def progress(skip_current_image: bool = False, state: ServerState = State) -> dict:
+    return a1111_lists.progress(state.queue.running(), state.queue.waiting, not skip_current_image)
+
+
+@router.post("/interrupt")
+async def interrupt(state: ServerState = State) -> dict:
+    state.queue.interrupt()
+    return {}
+
+
+@router.post("/skip")
+async def skip(state: ServerState = State) -> dict:
+    state.queue.skip()
+    return {}
+
+
+@router.get("/options")
+async def get_options(state: ServerState = State) -> dict:
+    return state.options.as_json(state.current_model().manifest.a1111_hash)
+
+
+@router.post("/options")
+async def set_options(body: OptionsBody, request: Request, state: ServerState = State) -> None:
+    """Settings apply at once; sd_model_checkpoint loads the model after the running job (through the queue)."""
+    changes = dict(body.model_extra or {})
+    wanted = changes.pop("sd_model_checkpoint", None)
+    state.set_options(changes)
+    if wanted is None:
+        return None
+    model = state.slot.find(str(wanted))
+    await run_queued(request, state, "load model", lambda control: state.slot.pipeline(model))
+    state.switch_model(model)
+    return None
+
+
+@router.get("/sd-models")
+async def sd_models(state: ServerState = State) -> list[dict]:
+    return [model.a1111_entry() for model in state.slot.models]
+
+
+@router.get("/samplers")
+async def samplers() -> list[dict]:
+    return a1111_lists.sampler_list()
+
+
+@router.get("/schedulers")
+async def schedulers() -> list[dict]:
+    return a1111_lists.scheduler_list()
+
+
+@router.post("/png-info")
+async def png_info(body: PngInfoBody) -> dict:
+    return a1111_lists.png_info(body.image)
+
+
+@router.get("/{name}")
+async def empty_list(name: str):
+    """The lists clients read on start (upscalers, sd-vae, loras, ...): valid and empty, sdcpu has none."""
+    if name not in a1111_lists.EMPTY_LISTS:
+        raise HTTPException(404, f"/sdapi/v1/{name} is not served by sdcpu")
+    return a1111_lists.EMPTY_LISTS[name]
