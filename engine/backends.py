@@ -169,11 +169,13 @@ def exact_precision(fmt: str) -> str | None:
     return "f32" if fmt == "openvino" else None
 
 
-def openvino_config(inference_precision: str | None = None) -> dict:
+def openvino_config(inference_precision: str | None = None, threads: int | None = None) -> dict:
     """The compute precision as OpenVINO's hint: the one asked for, or `default_inference_precision()`
-    (whatever the export's weights: fp16 and int8 exports compute in the same type as fp32 ones)."""
+    (whatever the export's weights: fp16 and int8 exports compute in the same type as fp32 ones); `threads`
+    caps the cores one compiled graph uses (several worker processes on one machine), else all of them."""
     explicit = inference_precision not in (None, "auto")
-    return {"INFERENCE_PRECISION_HINT": inference_precision if explicit else default_inference_precision()}
+    config = {"INFERENCE_PRECISION_HINT": inference_precision if explicit else default_inference_precision()}
+    return config | ({"INFERENCE_NUM_THREADS": threads} if threads else {})
 
 
 def check_ir_header(path: Path) -> None:
@@ -262,12 +264,14 @@ def openvino_properties(compiled) -> dict:
     }
 
 
-def load_onnxruntime(path: Path, name: str, entry: ComponentEntry) -> Graph:
-    """Open an ONNX Runtime CPU session for one graph."""
+def load_onnxruntime(path: Path, name: str, entry: ComponentEntry, threads: int | None = None) -> Graph:
+    """Open an ONNX Runtime CPU session for one graph (on `threads` cores, else all of them)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = list(entry.outputs)
     properties = {"inference_precision": "as exported", "threads": options.intra_op_num_threads or "all cores",
@@ -288,14 +292,15 @@ def check_inference_precision(value: str | None, fmt: str) -> None:
 
 def load_graph(folder: Path, name: str, entry: ComponentEntry, fmt: str,
                cache_dir: Path | None = None, inference_precision: str | None = None, log: Log | None = None,
-               shapes: dict[str, tuple] | None = None) -> Graph:
+               shapes: dict[str, tuple] | None = None, threads: int | None = None) -> Graph:
     """Load component `name` of an exported folder with the backend its format calls for.
 
-    OpenVINO compiles it for static input `shapes` when given (ONNX Runtime graphs stay as exported)."""
-    config = openvino_config(inference_precision) if fmt == "openvino" else {}  # a bad pin is its own error
+    OpenVINO compiles it for static input `shapes` when given (ONNX Runtime graphs stay as exported);
+    `threads` caps the cores it runs on."""
+    config = openvino_config(inference_precision, threads) if fmt == "openvino" else {}  # a bad pin is its own error
     loaders = {
         "openvino": lambda: load_openvino(folder, name, entry, config, cache_dir, log, shapes),
-        "onnx": lambda: load_onnxruntime(folder / entry.file, name, entry),
+        "onnx": lambda: load_onnxruntime(folder / entry.file, name, entry, threads),
     }
     if fmt not in loaders:
         raise UserError(f"unknown backend {fmt!r}; choose one of {', '.join(BACKENDS)}")

@@ -88,7 +88,7 @@ class Pipeline:
     def load(cls, folder: Path, compile_cache: bool = True, inference_precision: str | None = None,
              deepcache: int | None = None, tiny_vae: bool = False,
              log: Callable[[str], None] | None = None, size: tuple[int, int] | None = None,
-             cfg: bool | None = None) -> "Pipeline":
+             cfg: bool | None = None, threads: int | None = None) -> "Pipeline":
         """Check the folder against its manifest, then compile its graphs (OpenVINO: through the compile cache).
 
         `log` receives one-line notes (a compile-cache folder found corrupt and rebuilt, say).
@@ -99,6 +99,7 @@ class Pipeline:
 
         `deepcache=N` runs the full UNet every N-th call and its shallow branch in between (engine/deepcache.py).
         `tiny_vae` decodes with the export's `vae_decoder_tiny` (TAESD) and does not compile `vae_decoder`.
+        `threads` caps the cores each graph runs on (worker processes sharing a machine); default: all.
         """
         folder = Path(folder).expanduser()
         cache_dir = default_cache_dir() if compile_cache else None
@@ -129,7 +130,7 @@ class Pipeline:
                 wanted[FEATURE] = graphs[DEEP].output_shape(FEATURE)
             wanted = wanted if wanted and complete(wanted, entry.inputs) and None not in wanted.values() else None
             graphs[name] = load_graph(folder, name, entry, manifest.format, cache_dir,
-                                      inference_precision, log, wanted)
+                                      inference_precision, log, wanted, threads)
         if deepcache is not None:
             graphs["unet"] = DeepCacheUNet(graphs.pop(DEEP), graphs.pop(SHALLOW), deepcache)
         if tiny_vae:
@@ -138,7 +139,8 @@ class Pipeline:
         def load_encoder() -> Graph:
             entry = manifest.components[VAE_ENCODER]
             wanted = shapes.get(VAE_ENCODER) or None
-            return load_graph(folder, VAE_ENCODER, entry, manifest.format, cache_dir, inference_precision, log, wanted)
+            return load_graph(folder, VAE_ENCODER, entry, manifest.format, cache_dir, inference_precision, log, wanted,
+                              threads)
 
         return cls(folder, manifest, graphs, tokenizers, config, load_encoder if VAE_ENCODER in manifest.components else None)
 

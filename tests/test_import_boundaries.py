@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 CORE_FILES = sorted(p for p in (REPO / "engine").glob("*.py") if p.name != "__init__.py")
 FRONT_END_ONLY = ("typer", "tqdm")
 NEVER_IN_THE_RUNTIME = ("torch", "diffusers", "transformers", "sdcpu.export")
-NOT_IN_THE_CORE = ("sdcpu.engine.cli", "sdcpu.engine.measure", *FRONT_END_ONLY, *NEVER_IN_THE_RUNTIME)
+SERVER_STACK = ("sdcpu.engine.server", "fastapi", "starlette", "uvicorn", "pydantic")
+NOT_IN_THE_CORE = ("sdcpu.engine.cli", "sdcpu.engine.measure", *FRONT_END_ONLY, *SERVER_STACK, *NEVER_IN_THE_RUNTIME)
 
 
 def imported_names(path: Path) -> set[str]:
@@ -46,6 +47,13 @@ def test_the_generation_core_imports_no_front_end_exporter_or_torch(path):
 
 @pytest.mark.parametrize("path", sorted((REPO / "engine" / "measure").glob("*.py")), ids=lambda p: p.name)
 def test_the_measuring_code_imports_no_front_end_or_exporter(path):
+    assert crosses(imported_names(path), ("sdcpu.engine.cli", *FRONT_END_ONLY, *NEVER_IN_THE_RUNTIME)) == []
+    assert not calls_print(path)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "engine" / "server").glob("*.py")), ids=lambda p: p.name)
+def test_the_server_imports_no_command_line_or_exporter_and_prints_nothing(path):
+    """The server is a front end beside the CLI: it logs through the callable `sdcpu serve` hands it."""
     assert crosses(imported_names(path), ("sdcpu.engine.cli", *FRONT_END_ONLY, *NEVER_IN_THE_RUNTIME)) == []
     assert not calls_print(path)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from pathlib import Path
 
@@ -29,6 +30,17 @@ def _first_model(models, given: list[str]):
     return next((m for m in models if m.folder == bundled), models[0])
 
 
+def _check_can_listen(host: str, port: int) -> None:
+    """One line, before any model loads, when the address is taken or not this machine's."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (pick another --port)") from None
+
+
 def build_state(model: list[str], queue_size: int, inference_precision: str | None, compile_cache: bool,
                 limits, save_dir: Path | None) -> ServerState:
     if queue_size < 1:
@@ -52,6 +64,7 @@ def run_serve(model: list[str], host: str, port: int, api_auth: str | None, queu
     credentials = parse_credentials(api_auth) if api_auth else []
     if not 0 < port < 65536:
         raise UserError(f"--port must be from 1 to 65535 (got {port})")
+    _check_can_listen(host, port)
     state = build_state(model, queue_size, inference_precision, compile_cache, default_limits(**limits), save_dir)
     app = create_app(state, AppSecurity(host, credentials, cors_allow_origins))
     if not is_loopback(host) and not credentials:
@@ -68,5 +81,3 @@ def run_serve(model: list[str], host: str, port: int, api_auth: str | None, queu
         server.run()
     finally:
         state.queue.stop()
-    if not server.started:
-        raise UserError(f"could not listen on {host}:{port} (in use, or not an address of this machine)")
