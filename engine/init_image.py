@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -64,7 +65,12 @@ def decode_image(data: bytes, label: str, grayscale: bool = False, path: Path | 
             pixels = _to_array(image, grayscale)
     except UnidentifiedImageError:
         raise UserError(f"{label} is not an image PIL can read (PNG, JPEG, WebP, ...)") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{claimed[1]} pixels" if claimed else "a size"
+        raise UserError(f"{label} claims {size}, far beyond {MAX_INIT_SIDE}x{MAX_INIT_SIDE} (a decompression "
+                        f"bomb?); images up to {MAX_INIT_SIDE}x{MAX_INIT_SIDE} are accepted") from None
+    except (OSError, ValueError) as exc:
         raise UserError(f"{label} is damaged or truncated: {exc}") from None
     return ImageFile(path=path, sha256=hashlib.sha256(data).hexdigest(), pixels=pixels)
 

@@ -99,3 +99,26 @@ def test_switching_model_waits_for_the_running_job(server):
     info = json.loads(answer["info"])
     assert (info["sd_model_name"], info["steps"], info["cfg_scale"]) == ("sdxl-turbo-openvino", 1, 0.0)
     server.post("/sdapi/v1/options", {"sd_model_checkpoint": "sdcpu-shapes"})
+
+
+def test_overrides_kept_when_asked_and_the_body_clip_skip(server):
+    body = {"prompt": "a cat", "seed": 3, "override_settings_restore_afterwards": False,
+            "override_settings": {"sd_model_checkpoint": "lcm-onnx", "CLIP_stop_at_last_layers": 2}}
+    status, answer = server.post("/sdapi/v1/txt2img", body)
+    assert status == 200, answer
+    _, options = server.get("/sdapi/v1/options")
+    assert (options["sd_model_checkpoint"], options["CLIP_stop_at_last_layers"]) == ("lcm-onnx", 2)
+    assert server.post("/sdapi/v1/options", {"sd_model_checkpoint": "sdcpu-shapes", "CLIP_stop_at_last_layers": 1})[0] == 200
+    status, answer = server.post("/sdapi/v1/txt2img", {"prompt": "a cat", "seed": 3, "steps": 4, "clip_skip": 2})
+    assert status == 200 and "Clip skip: 2" in json.loads(answer["info"])["infotexts"][0]
+    status, answer = server.post("/sdapi/v1/txt2img", {"prompt": "a cat", "clip_skip": True})
+    assert status == 422 and "clip_skip" in answer["detail"]
+
+
+def test_memory_refresh_and_prompt_limit(server):
+    status, memory = server.get("/sdapi/v1/memory")
+    assert status == 200 and memory["ram"]["total"] > memory["ram"]["process_rss"] > 0
+    assert server.post("/sdapi/v1/refresh-checkpoints", {})[0] == 200
+    assert len(server.get("/sdapi/v1/sd-models")[1]) == 3  # started with --model: the same three
+    status, answer = server.post("/sdapi/v1/txt2img", {"prompt": "a " * 15_000})
+    assert status == 422 and "characters" in answer["detail"]

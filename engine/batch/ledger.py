@@ -32,9 +32,10 @@ class Ledger:
         self._lock = None
         self._file = None
 
-    def open(self) -> dict[str, dict]:
-        """Take the folder, cut a torn last line, remove temp files of a killed run; the last entry per job id
-        (a `done` whose PNG is missing is dropped: that job runs again)."""
+    def open(self) -> dict[str, str]:
+        """Take the folder, cut a torn last line, remove temp files of a killed run; the last status per job id
+        (a `done` whose PNG is missing is dropped: that job runs again). Only ids and statuses are kept, so a
+        million-line ledger costs the driver about 100 MB, not its full entries."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -44,8 +45,8 @@ class Ledger:
             temp.unlink(missing_ok=True)
         entries = self._read_and_repair()
         self._file = open(self.path, "a", encoding="utf-8")
-        return {job_id: entry for job_id, entry in entries.items()
-                if entry["status"] != DONE or (self.folder / entry["file"]).is_file()}
+        return {job_id: status for job_id, (status, file) in entries.items()
+                if status != DONE or (self.folder / file).is_file()}
 
     def _take_lock(self) -> None:
         try:
@@ -59,7 +60,7 @@ class Ledger:
             raise UserError(f"another sdcpu batch is writing into {self.folder}; wait for it or pick another --out") \
                 from None
 
-    def _read_and_repair(self) -> dict[str, dict]:
+    def _read_and_repair(self) -> dict[str, tuple[str, str]]:
         if not self.path.is_file():
             return {}
         data = self.path.read_bytes()
@@ -73,7 +74,7 @@ class Ledger:
         for number, line in enumerate(data[:keep].splitlines(), start=1):
             try:
                 entry = json.loads(line)
-                entries[entry["id"]] = entry
+                entries[entry["id"]] = (entry["status"], entry.get("file", ""))
             except (ValueError, KeyError, TypeError):
                 raise UserError(f"{self.path} line {number} is not a ledger entry; move the file away to start "
                                 "the batch afresh") from None

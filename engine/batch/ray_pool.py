@@ -10,6 +10,8 @@ copy is the driver's model before it loads.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 from collections import Counter, deque
 from typing import Callable
@@ -22,10 +24,12 @@ from sdcpu.engine.errors import UserError
 LOCAL = "local"
 CONNECT_TIMEOUT_SECONDS = 3.0
 IN_FLIGHT_PER_ACTOR = 2
+GCS_WAIT_SECONDS = "5"
+"""How long ray.init looks for a cluster's GCS behind a port that accepts connections (Ray's default: ~20 s)."""
 
 
 def check_reachable(address: str) -> None:
-    """One line, within seconds, for a cluster address nothing answers on (ray.init would retry for minutes)."""
+    """One line at once for a cluster address nothing listens on (refused, unresolvable, timed out)."""
     if address in (LOCAL, "auto"):
         return
     target = address.removeprefix("ray://")
@@ -44,19 +48,28 @@ class RayPool:
                  log: Callable[[str], None]):
         self.options, self.expected, self.address, self.actors, self.log = options, expected, address, actors, log
 
-    def _connect(self):
+    def connect(self):
+        """ray.init on the cluster (one line if none answers); run() then uses it."""
         try:
             import ray
         except ImportError:
             raise UserError("--ray needs Ray: pip install 'ray>=2.40'") from None
         check_reachable(self.address)
         local = self.address == LOCAL
-        ray.init(address=None if local else self.address, num_cpus=usable_cores() if local else None,
-                 include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=False)
+        os.environ.setdefault("RAY_gcs_server_port_wait_time_s", GCS_WAIT_SECONDS)
+        try:
+            with _native_stderr_silenced():
+                ray.init(address=None if local else self.address, num_cpus=usable_cores() if local else None,
+                         include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=False)
+        except (ConnectionError, TimeoutError, RuntimeError) as exc:
+            raise UserError(f"no Ray cluster answers at {self.address}: {_reason(exc)}") from None
         return ray
 
     def run(self, jobs: list[BatchJob], on_outcome: Callable[[Outcome], None]) -> None:
-        ray = self._connect()
+        import ray
+
+        if not ray.is_initialized():
+            self.connect()
         try:
             self._run(ray, jobs, on_outcome)
         finally:
@@ -111,6 +124,19 @@ class RayPool:
                 pending.appendleft(job)
                 del in_flight[ref]
         return in_flight
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Ray's C++ client logs each failed GCS retry on fd 2; the failure is ours to say, in one line."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _reason(exc: Exception) -> str:

@@ -55,8 +55,8 @@ def plan_batch(jobs_file: Path, out_dir: Path, options: LoadOptions, defaults: d
     jobs, image_errors = expand_jobs(lines, defaults, seeds, identity)
     ledger = Ledger(out_dir)
     entries = ledger.open()
-    done = {job_id for job_id, entry in entries.items() if entry["status"] == DONE}
-    failed = {job_id for job_id, entry in entries.items() if entry["status"] == FAILED}
+    done = {job_id for job_id, status in entries.items() if status == DONE}
+    failed = {job_id for job_id, status in entries.items() if status == FAILED}
     skip = done | (set() if retry_failed else failed)
     todo = [job for job in jobs if job.id not in skip]
     return BatchPlan(out_dir, ledger, todo, len(jobs), sum(job.id in done for job in jobs),

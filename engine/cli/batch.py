@@ -10,7 +10,7 @@ from tqdm import tqdm
 from sdcpu.engine.batch.batch_job import LoadOptions
 from sdcpu.engine.batch.job_file import absolute_paths, check_fields, parse_seeds
 from sdcpu.engine.batch.local_pool import LocalPool, threads_per_worker
-from sdcpu.engine.batch.ray_pool import RayPool, check_reachable
+from sdcpu.engine.batch.ray_pool import RayPool
 from sdcpu.engine.batch.runner import BatchSummary, plan_batch, run_batch
 from sdcpu.engine.errors import UserError
 from sdcpu.engine.local_models import resolve_model
@@ -77,21 +77,19 @@ def run_batch_command(jobs: Path, out: Path, model: str | None, seeds: str | Non
                       **settings) -> BatchSummary:
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be at least 1 (got {workers})")
-    if ray is not None:
-        check_reachable(ray)  # before reading thousands of jobs
     defaults = job_defaults(settings)
     options = _load_options(model, workers or 1, ray, threads, inference_precision, deepcache, tiny_vae, compile_cache,
                             fast, defaults)
+    pool = RayPool(options, {}, ray, workers, _log) if ray is not None else LocalPool(options, {}, workers or 1, _log)
+    if ray is not None:
+        pool.connect()  # one line now if no cluster answers, before thousands of jobs are read
     plan = plan_batch(jobs, out, options, defaults, parse_seeds(seeds), retry_failed)
+    pool.expected = plan.identity
     for error in plan.line_errors:
         typer.echo(f"{jobs}: {error} (skipped)", err=True)
     typer.echo(f"{plan.total} jobs: {plan.already_done} already done, {len(plan.todo)} to run "
                f"({'Ray at ' + ray if ray else f'{workers or 1} local worker(s)'}, {options.threads} thread(s) each)",
                err=True)
-    if ray is not None:
-        pool = RayPool(options, plan.identity, ray, workers, _log)
-    else:
-        pool = LocalPool(options, plan.identity, workers or 1, _log)
     bar, on_result = _progress(plan.total, plan.already_done + plan.failed_before)
     with bar:
         summary = run_batch(plan, pool, on_result)

@@ -49,7 +49,7 @@ def build_state(model: list[str], queue_size: int, inference_precision: str | No
         raise UserError(f"--save-dir {save_dir} is not a folder")
     models = served_models(model)
     first = _first_model(models, model)
-    slot = ModelSlot(models, _log, compile_cache, inference_precision)
+    slot = ModelSlot(models, _log, compile_cache, inference_precision, model)
     state = ServerState(slot, JobQueue(queue_size, _log), ServerOptions(sd_model_checkpoint=first.title),
                         limits, save_dir, _log)
     state.queue.submit("load model", lambda control: slot.pipeline(first))

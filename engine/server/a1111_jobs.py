@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -85,8 +85,15 @@ def _run_batch(pipe: Pipeline, request: Request, images: ImageInputs | None,
         stopped = str(why)
         pictures = pipe.decode(last["x0"]) if "x0" in last else []
     seeds, subseeds = request.image_seeds()
-    return [Made(picture, params_for(pipe, request, seed, images, subseed), seed, subseed)
+    return [Made(picture, served_params(pipe, request, seed, images, subseed), seed, subseed)
             for picture, seed, subseed in zip(pictures, seeds, subseeds)], stopped
+
+
+def served_params(pipe: Pipeline, request: Request, seed: int, images: ImageInputs | None,
+                  subseed: int) -> GenerationParams:
+    """The image's parameters, less the server's folder path (a client learns the model by name and hash,
+    as from A1111; `generate --from` finds it by them)."""
+    return replace(params_for(pipe, request, seed, images, subseed), model_path="")
 
 
 def _preview(pipe: Pipeline, latent: np.ndarray, matrix, size: tuple[int, int]) -> np.ndarray:

@@ -76,6 +76,20 @@ def png_info(image: str) -> dict:
     return {"info": text, "items": items | {"parameters": text}, "parameters": fields}
 
 
+def memory() -> dict:
+    """A1111's /memory: this machine's RAM and the server's own resident memory (Linux /proc); no CUDA here."""
+    ram: dict = {}
+    try:
+        info = dict(line.split(":", 1) for line in open("/proc/meminfo").read().splitlines() if ":" in line)
+        total, free = (int(info[key].split()[0]) * 1024 for key in ("MemTotal", "MemAvailable"))
+        ram = {"total": total, "free": free, "used": total - free}
+        status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+        ram["process_rss"] = int(status["VmRSS"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        ram = {"error": "memory figures are read from /proc, which this system does not have"}
+    return {"ram": ram, "cuda": {"error": "sdcpu runs on the CPU"}}
+
+
 IDLE_STATE = {"skipped": False, "interrupted": False, "stopping_generation": False, "job": "", "job_count": 0,
               "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
 
@@ -94,7 +108,7 @@ def progress(control: JobControl | None, waiting: int, with_image: bool) -> dict
     eta = remaining * per_step if per_step is not None else elapsed / fraction - elapsed
     state = {"skipped": control.skipped, "interrupted": control.interrupted, "stopping_generation": False,
              "job": f"{control.kind} {control.iteration + 1}/{control.iterations}", "job_count": control.iterations,
-             "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "job_no": control.iteration,
+             "job_timestamp": control.timestamp, "job_no": control.iteration,
              "sampling_step": control.step, "sampling_steps": control.steps}
     image = png_base64(control.preview, None) if with_image and control.preview is not None else None
     text = f"step {control.step}/{control.steps}" if control.steps else control.kind

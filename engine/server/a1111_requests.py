@@ -18,7 +18,7 @@ from sdcpu.engine.request_defaults import ImageInputs, build_request
 from sdcpu.engine.server.a1111_refusals import refuse_unhonoured
 from sdcpu.engine.server.a1111_schema import Img2ImgBody, Txt2ImgBody
 from sdcpu.engine.server.image_codec import decode_upload
-from sdcpu.engine.server.server_options import ServerOptions
+from sdcpu.engine.server.server_options import ServerOptions, checked_setting
 from sdcpu.engine.sigma_schedules import schedule_type_label
 
 RESIZE_MODES = {0: "stretch", 1: "crop", 2: "fit"}  # A1111: just resize, crop and resize, resize and fill
@@ -32,9 +32,15 @@ class ServerLimits:
     max_images: int = 16
     max_pixels: int = 2048 * 2048
     max_body_bytes: int = 64 * 2**20
+    max_prompt_chars: int = 20_000
+    """A1111 sets none; prompts of ~900k characters kept the worker busy for minutes (tokenizing and chunking)."""
 
 
 def check_limits(body: Txt2ImgBody, limits: ServerLimits) -> None:
+    for name in ("prompt", "negative_prompt"):
+        if len(getattr(body, name)) > limits.max_prompt_chars:
+            raise UserError(f"{name} is {len(getattr(body, name))} characters long; this server takes up to "
+                            f"{limits.max_prompt_chars}")
     if body.steps is not None and body.steps > limits.max_steps:
         raise UserError(f"steps={body.steps} is above this server's limit of {limits.max_steps} (--max-steps)")
     images = body.batch_size * body.n_iter
@@ -83,8 +89,11 @@ def image_inputs(body: Txt2ImgBody) -> ImageInputs | None:
 
 
 def effective_clip_skip(body: Txt2ImgBody, options: ServerOptions) -> int:
+    """The settings' CLIP_stop_at_last_layers, or the body's clip_skip (SillyTavern's, stable-diffusion.cpp's)."""
     extra = (body.model_extra or {}).get("clip_skip")
-    return options.CLIP_stop_at_last_layers if extra in (None, 0) else extra
+    if extra is None or (extra == 0 and not isinstance(extra, bool)):
+        return options.CLIP_stop_at_last_layers
+    return checked_setting("CLIP_stop_at_last_layers", extra, "clip_skip")
 
 
 def build_job_request(pipe: Pipeline, body: Txt2ImgBody, options: ServerOptions, limits: ServerLimits,

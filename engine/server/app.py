@@ -7,6 +7,7 @@ or a malformed one, 401 without credentials, 413 for a body too large, 503 with 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,26 @@ class AppSecurity:
     cors_origins: list[str] = field(default_factory=list)
 
 
+FLAG_FIELDS = {
+    "--width": "width", "--height": "height", "--steps": "steps", "--guidance": "cfg_scale", "--seed": "seed",
+    "--scheduler": "sampler_name", "--sampler": "sampler_name", "--schedule-type": "scheduler",
+    "--batch": "batch_size", "--subseed-strength": "subseed_strength", "--subseed": "subseed",
+    "--seed-resize-from": "seed_resize_from_w/h", "--clip-skip": "CLIP_stop_at_last_layers",
+    "--ensd": "eta_noise_seed_delta", "--noise": "randn_source", "--emphasis": "emphasis",
+    "--strength": "denoising_strength", "--init-image": "init_images", "--mask-blur": "mask_blur", "--mask": "mask",
+    "--resize": "resize_mode", "--prompt-syntax": "prompt syntax",
+}
+FLAG = re.compile(r"--[a-z][a-z-]*")
+SERVER_FLAGS = ("--max-steps", "--max-images", "--max-pixels", "--max-body-mb", "--save-dir", "--queue-size",
+                "--api-auth")
+
+
+def api_wording(message: str) -> str:
+    """The core's rules speak of the CLI's flags; over the API they name A1111's fields (server flags stay)."""
+    return FLAG.sub(lambda m: m.group(0) if m.group(0) in SERVER_FLAGS else FLAG_FIELDS.get(m.group(0), m.group(0)),
+                    message)
+
+
 def _error(status: int, detail: str, headers: dict | None = None) -> JSONResponse:
     name = STATUS_NAMES.get(status, "Error")
     return JSONResponse({"error": name, "detail": detail, "body": "", "errors": detail}, status, headers=headers)
@@ -55,7 +76,7 @@ def _validation_line(exc: RequestValidationError) -> str:
 def _install_error_handlers(app: FastAPI, state: ServerState) -> None:
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError):
-        return _error(422, str(exc))
+        return _error(422, api_wording(str(exc)))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
@@ -63,7 +84,14 @@ def _install_error_handlers(app: FastAPI, state: ServerState) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        detail = str(exc.detail)
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"{request.url.path} is not served by sdcpu (the routes it serves are listed at /docs)"
+        elif exc.status_code == 405:
+            allowed = (headers or {}).get("Allow") or (headers or {}).get("allow")
+            detail = f"{request.method} is not allowed on {request.url.path}" + (f"; use {allowed}" if allowed else "")
+        return _error(exc.status_code, detail, headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):

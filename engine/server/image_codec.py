@@ -14,19 +14,23 @@ from sdcpu.engine.errors import UserError
 from sdcpu.engine.init_image import ImageFile, decode_image
 from sdcpu.engine.pngmeta import GenerationParams, write_png
 
-DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
+DATA_URL = re.compile(r"^data:[\w/.+-]*(;[\w=.+-]+)*;base64,", re.IGNORECASE)
+NOT_FETCHED = "sdcpu does not fetch URLs or read paths; send the image itself as base64 or a data: URL"
+LOOKS_LIKE_A_PATH = re.compile(r"^(~|\.{1,2}/|/|[A-Za-z]:\\)|\.(png|jpe?g|webp|gif|bmp)$", re.IGNORECASE)
 
 
 def base64_bytes(text: str, field: str) -> bytes:
     """The bytes of a base64 string or data: URL; URLs to fetch are refused (the server reads no client paths)."""
     if not isinstance(text, str) or not text:
         raise UserError(f"{field} must be a base64 image or a data: URL")
-    if text.startswith(("http://", "https://", "file:", "/")):
-        raise UserError(f"{field}: sdcpu does not fetch URLs or read paths; send the image itself as base64")
+    if text.startswith(("http://", "https://", "file:", "ftp://")):
+        raise UserError(f"{field}: {NOT_FETCHED}")
     payload = DATA_URL.sub("", text, count=1)
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
+        if LOOKS_LIKE_A_PATH.search(text.strip()):
+            raise UserError(f"{field}: {NOT_FETCHED}") from None
         raise UserError(f"{field} is not valid base64") from None
 
 

@@ -36,6 +36,7 @@ class JobControl:
     step: int = 0
     steps: int = 0
     started: float = field(default_factory=time.monotonic)
+    timestamp: str = field(default_factory=lambda: time.strftime("%Y%m%d%H%M%S"))
     step_started: float | None = None
     step_seconds: list[float] = field(default_factory=list)
     interrupted: bool = False
@@ -98,7 +99,7 @@ class JobQueue:
         job = Job(JobControl(kind, iterations), work)
         with self._lock:
             if len(self._waiting) >= self.size:
-                raise QueueFull(f"{len(self._waiting)} jobs are waiting (--queue-size {self.size})")
+                raise QueueFull(f"{len(self._waiting)} waiting (--queue-size {self.size})")
             self._waiting.append(job)
             self._lock.notify()
         return job
@@ -149,6 +150,7 @@ class JobQueue:
         while (job := self._next()) is not None:
             try:
                 if job.future.set_running_or_notify_cancel():
+                    job.control.started = time.monotonic()
                     job.future.set_result(job.work(job.control))
             except BaseException as exc:  # the job's error goes to its request, never kills the worker
                 job.future.set_exception(exc)

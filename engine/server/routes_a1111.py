@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Request
 
 from sdcpu.engine.errors import UserError
 from sdcpu.engine.server import a1111_lists
 from sdcpu.engine.server.a1111_jobs import run_generation
 from sdcpu.engine.server.a1111_schema import Img2ImgBody, OptionsBody, PngInfoBody, Txt2ImgBody
+from sdcpu.engine.server.server_options import with_settings
 from sdcpu.engine.server.state import ServerState, run_queued, server_state
 
 router = APIRouter(prefix="/sdapi/v1")
@@ -25,7 +26,19 @@ async def _generate(request: Request, state: ServerState, body: Txt2ImgBody, kin
     def work(control):
         return run_generation(state.slot, body, options, state.limits, control, state.save_dir)
 
-    return await run_queued(request, state, kind, work, body.n_iter)
+    answer = await run_queued(request, state, kind, work, body.n_iter)
+    if body.override_settings and not body.override_settings_restore_afterwards:
+        _keep_overrides(state, dict(body.override_settings))
+    return answer
+
+
+def _keep_overrides(state: ServerState, overrides: dict) -> None:
+    """override_settings_restore_afterwards: false: the request's settings become the server's (the model too,
+    which the job has just loaded)."""
+    wanted = overrides.pop("sd_model_checkpoint", None)
+    if wanted is not None:
+        state.switch_model(state.slot.find(str(wanted)))
+    state.set_options(overrides)
 
 
 @router.post("/txt2img")
@@ -62,16 +75,29 @@ async def get_options(state: ServerState = State) -> dict:
 
 @router.post("/options")
 async def set_options(body: OptionsBody, request: Request, state: ServerState = State) -> None:
-    """Settings apply at once; sd_model_checkpoint loads the model after the running job (through the queue)."""
+    """Settings are checked first, all or nothing; sd_model_checkpoint loads the model after the running job
+    (through the queue), and the settings apply once it is in."""
     changes = dict(body.model_extra or {})
     wanted = changes.pop("sd_model_checkpoint", None)
+    with_settings(state.options, changes)
+    model = state.slot.find(str(wanted)) if wanted is not None else None
+    if model is not None:
+        await run_queued(request, state, "load model", lambda control: state.slot.pipeline(model))
+        state.switch_model(model)
     state.set_options(changes)
-    if wanted is None:
-        return None
-    model = state.slot.find(str(wanted))
-    await run_queued(request, state, "load model", lambda control: state.slot.pipeline(model))
-    state.switch_model(model)
     return None
+
+
+@router.post("/refresh-checkpoints")
+async def refresh_checkpoints(state: ServerState = State) -> None:
+    """Look again for exported models (a server started without --model serves every one it finds)."""
+    state.refresh_models()
+    return None
+
+
+@router.get("/memory")
+async def memory() -> dict:
+    return a1111_lists.memory()
 
 
 @router.get("/sd-models")
@@ -94,9 +120,14 @@ async def png_info(body: PngInfoBody) -> dict:
     return a1111_lists.png_info(body.image)
 
 
-@router.get("/{name}")
-async def empty_list(name: str):
-    """The lists clients read on start (upscalers, sd-vae, loras, ...): valid and empty, sdcpu has none."""
-    if name not in a1111_lists.EMPTY_LISTS:
-        raise HTTPException(404, f"/sdapi/v1/{name} is not served by sdcpu")
-    return a1111_lists.EMPTY_LISTS[name]
+def _empty_list_route(name: str) -> None:
+    """A list clients read on start (upscalers, sd-vae, loras, ...): valid and empty, sdcpu has none."""
+
+    async def empty_list():
+        return a1111_lists.EMPTY_LISTS[name]
+
+    router.add_api_route(f"/{name}", empty_list, methods=["GET"], name=f"list {name}")
+
+
+for _name in a1111_lists.EMPTY_LISTS:
+    _empty_list_route(_name)

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import secrets
 
 from starlette.exceptions import HTTPException
 
 from sdcpu.engine.errors import UserError
-
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def parse_credentials(text: str) -> list[tuple[str, str]]:
@@ -30,7 +29,13 @@ def parse_credentials(text: str) -> list[tuple[str, str]]:
 
 
 def is_loopback(host: str) -> bool:
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
+    """localhost, or an IP address of the loopback range (127.0.0.0/8, ::1); not names that merely start so."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 async def _send_json(send, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:

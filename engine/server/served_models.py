@@ -72,8 +72,9 @@ class ModelSlot:
     """The served models and the one pipeline loaded now (loaded on first use)."""
 
     def __init__(self, models: list[ServedModel], log: Callable[[str], None], compile_cache: bool = True,
-                 inference_precision: str | None = None):
+                 inference_precision: str | None = None, given: list[str] | None = None):
         self.models = models
+        self.given = given or []
         self.log = log
         self.compile_cache = compile_cache
         self.inference_precision = inference_precision
@@ -96,6 +97,15 @@ class ModelSlot:
                              size=load_size(model.manifest, None, None))
         self._loaded = (model, pipe)
         return pipe
+
+    def refresh(self) -> None:
+        """Look for the models again (new exports appear when serving every model found); the loaded one stays
+        listed while it is loaded."""
+        found = served_models(self.given)
+        loaded = self.loaded
+        if loaded is not None and all(m.folder != loaded.folder for m in found):
+            found.append(loaded)
+        self.models = found
 
     @property
     def loaded(self) -> ServedModel | None:

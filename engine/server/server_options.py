@@ -65,6 +65,14 @@ CHECKS = {
 READ_ONLY = ("sd_checkpoint_hash", "sdcpu_version")
 
 
+def checked_setting(key: str, value, shown_as: str | None = None):
+    """One setting's value checked as CHECKS does, the message naming `shown_as` (a body field) if given."""
+    try:
+        return CHECKS[key](value)
+    except UserError as exc:
+        raise UserError(str(exc).replace(key, shown_as, 1) if shown_as else str(exc)) from None
+
+
 def with_settings(options: ServerOptions, changes: dict[str, Any] | None) -> ServerOptions:
     """`options` with A1111 settings applied; one line for an unknown key or a bad value."""
     if not changes:

@@ -39,6 +39,10 @@ class ServerState:
             self.options = with_settings(self.options, changes)
             return self.options
 
+    def refresh_models(self) -> None:
+        with self._lock:
+            self.slot.refresh()
+
     def switch_model(self, model: ServedModel) -> None:
         with self._lock:
             self.options = replace(self.options, sd_model_checkpoint=model.title)
