@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ SEEDS = "1-10"
 STEPS = "6"
 JOB_COUNT = len(PROMPTS) * 10
 SUMMARY = re.compile(r"^(\d+) made, (\d+) failed, (\d+) already done, (\d+) bad lines in ([\d.]+) s "
-                     r"\(([\d.]+) images/min\); ledger: ", re.M)
+                     r"\(([\d.]+) images/min\); ledger: ", re.MULTILINE)
 RUN_TIMEOUT = 240
 
 
@@ -40,14 +41,27 @@ def batch_args(jobs: Path, out: Path, *extra) -> list:
     return ["batch", jobs, "--out", out, "--seeds", SEEDS, "--steps", STEPS, *extra]
 
 
-def run_sdcpu(*args, cwd=None, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
-    return subprocess.run(sdcpu_command(*args), capture_output=True, text=True, cwd=cwd, timeout=timeout)
+def run_sdcpu(*args, cwd=None, timeout: float = RUN_TIMEOUT, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(sdcpu_command(*args), check=False, capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, env=None if env is None else {**os.environ, **env})
 
 
 def start_sdcpu(*args, log: Path, cwd=None) -> subprocess.Popen:
-    """A batch in the background; its stderr (progress, log lines) goes to `log`, its stdout is piped."""
-    with open(log, "w") as err:
-        return subprocess.Popen(sdcpu_command(*args), stdout=subprocess.PIPE, stderr=err, text=True, cwd=cwd)
+    """A batch in the background; stderr (progress, log lines) goes to `log`, stdout to `log` with .out for its
+    suffix. Files, not pipes: a worker that outlives the batch would hold a pipe open and hang the reader."""
+    with open(log, "w") as err, open(log.with_suffix(".out"), "w") as out:
+        return subprocess.Popen(sdcpu_command(*args), stdout=out, stderr=err, text=True, cwd=cwd)
+
+
+def stdout_of(log: Path) -> str:
+    return log.with_suffix(".out").read_text()
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Make sure a background batch has ended (a test that failed halfway leaves none running)."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=30)
 
 
 def write_prompt_file(path: Path) -> Path:
@@ -198,3 +212,100 @@ def describe(processes: list[tuple[int, int]]) -> str:
 def is_spawned_worker(pid: int) -> bool:
     """A multiprocessing spawn child (a ProcessPoolExecutor worker), not its resource tracker."""
     return "spawn_main" in cmdline(pid)
+
+
+def now_ticks() -> int:
+    """The clock /proc/PID/stat's start times are in (ticks since boot)."""
+    with open("/proc/uptime") as file:
+        return int(float(file.read().split()[0]) * os.sysconf("SC_CLK_TCK"))
+
+
+def started_since(ticks: int, words: tuple[str, ...]) -> list[tuple[int, int]]:
+    """Living processes started at or after `ticks` (less a tick of slack) whose command line has one of `words`."""
+    found = []
+    for pid in all_pids():
+        stat = _stat(pid)
+        if stat and stat[0] != "Z" and stat[2] >= ticks - 1 and any(word in cmdline(pid) for word in words):
+            found.append((pid, stat[2]))
+    return found
+
+
+def compute_rate(entries: list[dict]) -> float:
+    """Images/min from the workers' own seconds per image (no start-up, no waiting): N x 60 / (busy s / workers)."""
+    done = [e for e in entries if e["status"] == "done"]
+    workers = len({e["worker"] for e in done})
+    busy = sum(e["seconds"]["worker_total"] for e in done)
+    return 60.0 * len(done) * workers / busy if busy else 0.0
+
+
+def wait_collecting(proc: subprocess.Popen, timeout: float) -> list[tuple[int, int]]:
+    """Wait for a background batch to end; every process seen below it meanwhile (pool restarts included)."""
+    seen: dict[tuple[int, int], None] = {}
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the batch did not end in {timeout} s")
+        seen.update(dict.fromkeys(descendants(proc.pid)))
+        time.sleep(0.1)
+    return list(seen)
+
+
+@dataclass(frozen=True)
+class BatchRun:
+    """A finished batch: its folder, output, ledger lines and PNG bytes (kept out of the repr)."""
+
+    out: Path
+    stdout: str = field(repr=False)
+    stderr: str = field(repr=False)
+    lines: list[str] = field(repr=False)
+    pngs: dict[str, bytes] = field(repr=False)
+
+    @classmethod
+    def of(cls, out: Path, result: subprocess.CompletedProcess) -> BatchRun:
+        return cls(out, result.stdout, result.stderr, ledger_lines(out), png_bytes(out))
+
+
+def png_differences(out: Path, expected: dict[str, bytes]) -> list[str]:
+    """What differs between the PNGs in `out` and `expected` (names and bytes), as short lines."""
+    got = png_bytes(out)
+    lines = [f"missing {name}" for name in sorted(set(expected) - set(got))]
+    lines += [f"extra {name}" for name in sorted(set(got) - set(expected))]
+    lines += [f"other bytes {name}" for name in sorted(set(got) & set(expected)) if got[name] != expected[name]]
+    return lines
+
+
+FAULTS_SITECUSTOMIZE = """
+# Written by tests/test_batch.py: fault injection for `sdcpu batch` and its spawned workers (this interpreter
+# imports it at start because the test puts its folder first on PYTHONPATH).
+import os
+
+if os.environ.get("SDCPU_TEST_POISON"):
+    import multiprocessing
+    import time
+
+    from sdcpu.engine.batch import ledger as _ledger
+    from sdcpu.engine.batch import worker as _worker
+
+    _run, _record = _worker.BatchWorker.run, _ledger.Ledger.record
+
+    def run(self, job):
+        # A job that takes its worker process down (a crash in a native library, the OOM killer).
+        if job.fields["prompt"] == os.environ["SDCPU_TEST_POISON"] and multiprocessing.parent_process():
+            os._exit(70)
+        return _run(self, job)
+
+    def record(self, entry):
+        # A slow disk under the ledger (fsync on a network filesystem): the driver spends longer per result.
+        time.sleep(float(os.environ.get("SDCPU_TEST_SLOW_LEDGER", "0")))
+        return _record(self, entry)
+
+    _worker.BatchWorker.run, _ledger.Ledger.record = run, record
+"""
+
+
+def fault_env(folder: Path, poison_prompt: str, slow_ledger_seconds: float) -> dict:
+    """The environment that runs sdcpu with FAULTS_SITECUSTOMIZE (written into `folder`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(FAULTS_SITECUSTOMIZE)
+    path = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path, "SDCPU_TEST_POISON": poison_prompt, "SDCPU_TEST_SLOW_LEDGER": str(slow_ledger_seconds)}

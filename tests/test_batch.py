@@ -22,21 +22,27 @@ from tests.batch_helpers import (
     PROMPTS,
     RUN_TIMEOUT,
     STEPS,
+    BatchRun,
     batch_args,
-    describe,
+    compute_rate,
     descendants,
+    describe,
     done_by_id,
+    fault_env,
     is_spawned_worker,
     kill_all,
     ledger,
     ledger_lines,
     parameters,
     pixels,
-    png_bytes,
+    png_differences,
     run_sdcpu,
     sdcpu_command,
     start_sdcpu,
+    stdout_of,
+    stop,
     summary,
+    wait_collecting,
     wait_for_lines,
     wait_for_text,
     wait_until_gone,
@@ -57,14 +63,15 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(work):
-    """The uninterrupted 40-job batch on 2 workers: (folder, stdout, stderr, ledger lines, PNG bytes)."""
+    """The uninterrupted 40-job batch on 2 workers."""
     out = work / "reference"
     result = run_sdcpu(*batch_args(work / "jobs.txt", out, "--workers", 2))
     assert result.returncode == 0, result.stdout + result.stderr
     figures = summary(result.stdout)
     print(f"\n[images/min] local, 2 workers, 40 jobs: {figures['per_minute']} ({figures['seconds']} s, "
-          "worker start-up and model loads included, interpreter start excluded)")
-    return out, result.stdout, result.stderr, ledger_lines(out), png_bytes(out)
+          f"worker start-up and model loads included, interpreter start excluded); compute only: "
+          f"{compute_rate(ledger(out)):.0f}")
+    return BatchRun.of(out, result)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +90,7 @@ def generated(work) -> Path:
 
 
 def test_40_jobs_on_2_workers_equal_generate(reference, generated):
-    out, stdout, _, lines, pngs = reference
+    out, stdout, lines, pngs = reference.out, reference.stdout, reference.lines, reference.pngs
     entries = [json.loads(line) for line in lines]
     assert len(entries) == JOB_COUNT and {e["status"] for e in entries} == {"done"}
     ids = [e["id"] for e in entries]
@@ -111,13 +118,13 @@ def test_40_jobs_on_2_workers_equal_generate(reference, generated):
 
 
 def test_rerun_makes_nothing(work, reference):
-    out, _, _, lines, pngs = reference
+    out, lines, pngs = reference.out, reference.lines, reference.pngs
     result = run_sdcpu(*batch_args(work / "jobs.txt", out, "--workers", 2))
     assert result.returncode == 0, result.stdout + result.stderr
     figures = summary(result.stdout)
     assert (figures["made"], figures["failed"], figures["already"]) == (0, 0, JOB_COUNT)
     assert ledger_lines(out) == lines
-    assert png_bytes(out) == pngs
+    assert not png_differences(out, pngs)
 
 
 def test_sigkill_of_the_batch_then_rerun(work, reference, tmp_path):
@@ -134,9 +141,7 @@ def test_sigkill_of_the_batch_then_rerun(work, reference, tmp_path):
         lingering = wait_until_gone(children, timeout=5)
         lingering_text = describe(lingering)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
+        stop(proc)
         kill_all(children)  # whatever the batch left: the re-run must not share the CPUs with it
     recorded = {entry["id"] for entry in ledger(out) if entry["status"] == "done"}
     assert 15 <= len(recorded) < JOB_COUNT
@@ -149,7 +154,7 @@ def test_sigkill_of_the_batch_then_rerun(work, reference, tmp_path):
     assert len(entries) == JOB_COUNT and len({e["id"] for e in entries}) == JOB_COUNT
     assert {e["status"] for e in entries} == {"done"}
     assert not list(out.glob(".*.tmp")), list(out.glob(".*"))
-    assert png_bytes(out) == reference[4]
+    assert not png_differences(out, reference.pngs)
     assert not lingering, f"processes of the SIGKILLed batch still ran 5 s after it: {lingering_text}"
 
 
@@ -157,31 +162,58 @@ def test_a_killed_worker_loses_nothing(work, reference, tmp_path):
     out = tmp_path / "worker-killed"
     log = tmp_path / "batch.log"
     proc = start_sdcpu(*batch_args(work / "jobs.txt", out, "--workers", 2), log=log)
+    children = []
     try:
         wait_for_lines(out, 10, proc)
-        workers = [pid for pid, _ in descendants(proc.pid) if is_spawned_worker(pid)]
+        children = descendants(proc.pid)
+        workers = [pid for pid, _ in children if is_spawned_worker(pid)]
         assert len(workers) == 2
         os.kill(workers[0], signal.SIGKILL)
-        stdout, _ = proc.communicate(timeout=RUN_TIMEOUT)
+        children += wait_collecting(proc, RUN_TIMEOUT)
+        left = wait_until_gone(children, timeout=5)
+        text = describe(left)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    stderr = log.read_text()
+        stop(proc)
+        kill_all(children)
+    stdout, stderr = stdout_of(log), log.read_text()
     assert proc.returncode == 0, stdout + stderr
     assert "a worker process died" in stderr
     entries = ledger(out)
     assert len(entries) == JOB_COUNT and len({e["id"] for e in entries}) == JOB_COUNT
     assert {e["status"] for e in entries} == {"done"}
     assert summary(stdout)["made"] == JOB_COUNT
-    assert png_bytes(out) == reference[4]
+    assert not png_differences(out, reference.pngs)
+    assert not left, f"still running 5 s after the batch ended: {text}"
+
+
+def test_a_job_that_kills_its_worker_fails_alone_and_loses_no_other_job(tmp_path):
+    """Fault injection: the job "poison" kills its worker process every time; the ledger's disk is slow (50 ms a
+    line). The poison job must end as one failed line after 3 tries, and every other job be done: none lost."""
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"prompt": "poison", "seed": 1}) + "\n" + "".join(f"{p}\n" for p in PROMPTS[:3]))
+    out = tmp_path / "out"
+    env = fault_env(tmp_path / "faults", "poison", 0.05)
+    result = run_sdcpu("batch", jobs, "--out", out, "--seeds", "1-3", "--steps", STEPS, "--workers", 2, env=env)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "a worker process died" in result.stderr
+    entries = ledger(out)
+    poison = [e for e in entries if e["params"]["prompt"] == "poison"]
+    assert len(poison) == 1 and poison[0]["status"] == "failed", poison
+    assert "worker process died" in poison[0]["error"] and "3 times" in poison[0]["error"]
+    done = sorted((e["params"]["prompt"], e["seed"]) for e in entries if e["status"] == "done")
+    expected = sorted((prompt, seed) for prompt in PROMPTS[:3] for seed in (1, 2, 3))
+    assert done == expected, f"jobs neither done nor failed: {sorted(set(expected) - set(done))}"
+    assert len(entries) == 10 and len({e["id"] for e in entries}) == 10
+    assert result.returncode == 1, result.stdout + result.stderr
+    figures = summary(result.stdout)
+    assert (figures["made"], figures["failed"]) == (9, 1), result.stdout
 
 
 @pytest.mark.parametrize("tear", ["half a line appended", "last line cut in half"])
 def test_torn_ledger_is_repaired(work, reference, tmp_path, tear):
-    lines = reference[3]
+    lines = reference.lines
     out = tmp_path / "torn"
-    shutil.copytree(reference[0], out)
+    shutil.copytree(reference.out, out)
     path = out / "index.jsonl"
     if tear == "half a line appended":
         with open(path, "a", encoding="utf-8") as file:
@@ -200,7 +232,7 @@ def test_torn_ledger_is_repaired(work, reference, tmp_path, tear):
     assert len(repaired) == JOB_COUNT and path.read_bytes().endswith(b"\n")
     assert repaired[:JOB_COUNT - lost] == lines[:JOB_COUNT - lost]
     assert {json.loads(line)["id"] for line in repaired} == {json.loads(line)["id"] for line in lines}
-    assert png_bytes(out) == reference[4]
+    assert not png_differences(out, reference.pngs)
 
 
 def test_second_batch_on_the_same_folder_is_refused(work, tmp_path):
@@ -219,14 +251,12 @@ def test_second_batch_on_the_same_folder_is_refused(work, tmp_path):
         assert len(output) == 1 and output[0].startswith("error: another sdcpu batch is writing into"), output
         children = descendants(proc.pid)
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
+        proc.wait(timeout=30)
         assert proc.returncode == 128 + signal.SIGTERM, log.read_text()
         left = wait_until_gone(children, timeout=5)
         assert not left, f"still running 5 s after SIGTERM: {describe(left)}"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        stop(proc)
         kill_all(children)
     assert "Traceback" not in log.read_text()
 

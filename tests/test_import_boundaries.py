@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 CORE_FILES = sorted(p for p in (REPO / "engine").glob("*.py") if p.name != "__init__.py")
 FRONT_END_ONLY = ("typer", "tqdm")
 NEVER_IN_THE_RUNTIME = ("torch", "diffusers", "transformers", "sdcpu.export")
-SERVER_STACK = ("sdcpu.engine.server", "fastapi", "starlette", "uvicorn", "pydantic")
+SERVER_STACK = ("sdcpu.engine.server", "sdcpu.engine.batch", "fastapi", "starlette", "uvicorn", "pydantic", "ray")
 NOT_IN_THE_CORE = ("sdcpu.engine.cli", "sdcpu.engine.measure", *FRONT_END_ONLY, *SERVER_STACK, *NEVER_IN_THE_RUNTIME)
 
 
@@ -51,9 +51,12 @@ def test_the_measuring_code_imports_no_front_end_or_exporter(path):
     assert not calls_print(path)
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "engine" / "server").glob("*.py")), ids=lambda p: p.name)
-def test_the_server_imports_no_command_line_or_exporter_and_prints_nothing(path):
-    """The server is a front end beside the CLI: it logs through the callable `sdcpu serve` hands it."""
+FRONT_END_FILES = sorted(p for folder in ("server", "batch") for p in (REPO / "engine" / folder).glob("*.py"))
+
+
+@pytest.mark.parametrize("path", FRONT_END_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_the_server_and_batch_runner_import_no_command_line_or_exporter_and_print_nothing(path):
+    """Front ends beside the CLI: they log through the callable their command hands them."""
     assert crosses(imported_names(path), ("sdcpu.engine.cli", *FRONT_END_ONLY, *NEVER_IN_THE_RUNTIME)) == []
     assert not calls_print(path)
 

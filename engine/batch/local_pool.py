@@ -1,8 +1,8 @@
 """--workers N on this machine: N spawned processes, each with its own loaded pipeline and cores/N threads.
 
-A worker that dies (killed, out of memory) breaks the pool: the jobs it and the others had in hand that did
-not finish go back to the front of the queue, a new pool starts, and a job that has taken a worker down
-MAX_ATTEMPTS times is recorded as failed. Only the driver writes (engine/batch/runner.py).
+A worker that dies (killed, out of memory) breaks the pool: the jobs that were in hand and did not finish run
+again, one at a time, in a new pool; a job that takes a worker down MAX_ATTEMPTS times on its own is recorded
+as failed. Only the driver writes (engine/batch/runner.py).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -21,6 +23,7 @@ from sdcpu.engine.errors import UserError
 
 MAX_ATTEMPTS = 3
 IN_FLIGHT_PER_WORKER = 2
+PARENT_POLL_SECONDS = 0.5
 _worker: BatchWorker | None = None
 _load_error = ""
 
@@ -40,9 +43,17 @@ def threads_per_worker(workers: int) -> int:
     return max(1, usable_cores() // workers)
 
 
+def _exit_with_the_driver(driver: int) -> None:
+    """A worker outlives a SIGKILLed driver otherwise (it only waits for its next job): it leaves within a second."""
+    while os.getppid() == driver:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(0)
+
+
 def _start_worker(options: LoadOptions, expected: dict) -> None:
     global _worker, _load_error
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    threading.Thread(target=_exit_with_the_driver, args=(os.getppid(),), daemon=True).start()
     try:
         _worker = BatchWorker(options, expected)
     except UserError as exc:
@@ -64,26 +75,27 @@ class LocalPool:
                                    initializer=_start_worker, initargs=(self.options, self.expected))
 
     def run(self, jobs: list[BatchJob], on_outcome: Callable[[Outcome], None]) -> None:
-        pending, attempts = deque(jobs), Counter()
-        while pending:
+        queue = _JobQueue(deque(jobs))
+        while queue.left():
             executor = self._executor()
             in_flight: dict[Future, BatchJob] = {}
             try:
-                self._drain(executor, pending, in_flight, on_outcome)
+                self._drain(executor, queue, in_flight, on_outcome)
             except BrokenProcessPool:
                 self.log("a worker process died; the jobs it had go back in the queue")
-                self._salvage(in_flight, pending, attempts, on_outcome)
+                queue.salvage(in_flight, on_outcome)
             except BaseException:
                 _stop(executor)
                 raise
             finally:
                 executor.shutdown(wait=False, cancel_futures=True)
 
-    def _drain(self, executor, pending: deque, in_flight: dict, on_outcome) -> None:
-        while pending or in_flight:
-            while pending and len(in_flight) < IN_FLIGHT_PER_WORKER * self.workers:
-                job = pending.popleft()
-                in_flight[executor.submit(_run_job, job)] = job
+    def _drain(self, executor, queue: "_JobQueue", in_flight: dict, on_outcome) -> None:
+        window = IN_FLIGHT_PER_WORKER * self.workers
+        while queue.left() or in_flight:
+            while (source := queue.source(in_flight, window)) is not None:
+                future = executor.submit(_run_job, source[0])  # a broken pool raises here, before the job leaves
+                in_flight[future] = source.popleft()
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
                 try:
@@ -93,18 +105,35 @@ class LocalPool:
                 del in_flight[future]
                 on_outcome(outcome)
 
-    @staticmethod
-    def _salvage(in_flight: dict, pending: deque, attempts: Counter, on_outcome) -> None:
-        """Keep what finished before the break; put the rest back first in line, or fail it after MAX_ATTEMPTS."""
+
+class _JobQueue:
+    """Jobs to hand out. Jobs that were in flight when a worker died are suspects: each then runs alone, so a
+    death while it runs is its own, and only a job that takes down MAX_ATTEMPTS workers alone is failed."""
+
+    def __init__(self, pending: deque):
+        self.pending, self.suspects, self.blamed = pending, deque(), Counter()
+
+    def left(self) -> bool:
+        return bool(self.pending or self.suspects)
+
+    def source(self, in_flight: dict, window: int) -> deque | None:
+        """Where the next job comes from, or None when nothing more may go out now."""
+        if self.suspects:
+            return self.suspects if not in_flight else None
+        return self.pending if self.pending and len(in_flight) < window else None
+
+    def salvage(self, in_flight: dict, on_outcome) -> None:
+        """Keep what finished before the break; the rest become suspects, or fail after MAX_ATTEMPTS alone."""
+        alone = len(in_flight) == 1
         for future, job in in_flight.items():
             if future.done() and not future.cancelled() and future.exception() is None:
                 on_outcome(future.result())
                 continue
-            attempts[job.id] += 1
-            if attempts[job.id] >= MAX_ATTEMPTS:
-                on_outcome(Outcome(job.id, "", error=f"a worker process died running it {MAX_ATTEMPTS} times"))
+            self.blamed[job.id] += alone
+            if self.blamed[job.id] >= MAX_ATTEMPTS:
+                on_outcome(Outcome(job.id, "", error=f"a worker process died running it alone {MAX_ATTEMPTS} times"))
             else:
-                pending.appendleft(job)
+                self.suspects.append(job)
 
 
 def _stop(executor: ProcessPoolExecutor) -> None:

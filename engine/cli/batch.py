@@ -10,7 +10,7 @@ from tqdm import tqdm
 from sdcpu.engine.batch.batch_job import LoadOptions
 from sdcpu.engine.batch.job_file import absolute_paths, check_fields, parse_seeds
 from sdcpu.engine.batch.local_pool import LocalPool, threads_per_worker
-from sdcpu.engine.batch.ray_pool import RayPool
+from sdcpu.engine.batch.ray_pool import RayPool, check_reachable
 from sdcpu.engine.batch.runner import BatchSummary, plan_batch, run_batch
 from sdcpu.engine.errors import UserError
 from sdcpu.engine.local_models import resolve_model
@@ -82,9 +82,11 @@ def run_batch_command(jobs: Path, out: Path, model: str | None, seeds: str | Non
                             fast, defaults)
     pool = RayPool(options, {}, ray, workers, _log) if ray is not None else LocalPool(options, {}, workers or 1, _log)
     if ray is not None:
-        pool.connect()  # one line now if no cluster answers, before thousands of jobs are read
+        check_reachable(ray)  # a closed port is one line at once, before thousands of jobs are read
     plan = plan_batch(jobs, out, options, defaults, parse_seeds(seeds), retry_failed)
     pool.expected = plan.identity
+    if ray is not None and plan.todo:
+        pool.connect()
     for error in plan.line_errors:
         typer.echo(f"{jobs}: {error} (skipped)", err=True)
     typer.echo(f"{plan.total} jobs: {plan.already_done} already done, {len(plan.todo)} to run "
