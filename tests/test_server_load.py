@@ -50,7 +50,7 @@ def cli_batch(tmp_path: Path, client: int) -> dict[int, np.ndarray]:
     return {seed: pixels(folder / f"out-{seed}.png") for seed in range(first, first + REQUESTS)}
 
 
-def test_eight_clients_fifty_requests_each(tmp_path, capsys):
+def test_eight_clients_fifty_requests_each(tmp_path):
     with live_server(tmp_path) as server:
         report = run_load(server.url, CLIENTS, REQUESTS, STEPS, server_pid=server.process.pid,
                           rss_after=(CLIENTS * REQUESTS // 4, WARM_UP, WARM_UP + MEASURED))
@@ -58,10 +58,9 @@ def test_eight_clients_fifty_requests_each(tmp_path, capsys):
     total = CLIENTS * REQUESTS
     rss = report.rss_bytes
     growth = rss[f"after {WARM_UP + MEASURED}"] - rss[f"after {WARM_UP}"]
-    with capsys.disabled():
-        print(f"\n{report.markdown()}\nRSS after {WARM_UP} answers {rss[f'after {WARM_UP}'] / 2**20:.1f} MiB, after "
-              f"{WARM_UP + MEASURED} {rss[f'after {WARM_UP + MEASURED}'] / 2**20:.1f} MiB: grew "
-              f"{growth / 2**20:+.2f} MiB over {MEASURED} requests (bound {RSS_GROWTH_BOUND / 2**20:.0f} MiB)")
+    print(f"\n{report.markdown()}\nRSS after {WARM_UP} answers {rss[f'after {WARM_UP}'] / 2**20:.1f} MiB, after "
+          f"{WARM_UP + MEASURED} {rss[f'after {WARM_UP + MEASURED}'] / 2**20:.1f} MiB: grew "
+          f"{growth / 2**20:+.2f} MiB over {MEASURED} requests (bound {RSS_GROWTH_BOUND / 2**20:.0f} MiB)")  # -s
 
     assert len(report.outcomes) == total
     assert not report.lost, [o.error for o in report.lost][:5]

@@ -52,8 +52,15 @@ def build_state(model: list[str], queue_size: int, inference_precision: str | No
     slot = ModelSlot(models, _log, compile_cache, inference_precision, model)
     state = ServerState(slot, JobQueue(queue_size, _log), ServerOptions(sd_model_checkpoint=first.title),
                         limits, save_dir, _log)
-    state.queue.submit("load model", lambda control: slot.pipeline(first))
+    loading = state.queue.submit("load model", lambda control: slot.pipeline(first))
+    loading.future.add_done_callback(_report_load_failure)
     return state
+
+
+def _report_load_failure(future) -> None:
+    """The model loaded at start failed: say so now (each request for it then gets the same line as a 422)."""
+    if not future.cancelled() and future.exception() is not None:
+        _log(f"error: {future.exception()}")
 
 
 def run_serve(model: list[str], host: str, port: int, api_auth: str | None, queue_size: int,
