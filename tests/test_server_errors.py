@@ -270,6 +270,14 @@ def test_huge_init_image_is_refused_from_its_header(server, side, words):
     assert peak - before < 50 * 2**20, f"RSS rose by {(peak - before) / 2**20:.0f} MB for a {side}x{side} PNG"
 
 
+def test_png_info_of_a_huge_png_reads_its_text_without_decoding(server):
+    """png-info walks the chunks; a PNG claiming 20000x20000 is no bomb to it (it was a 500 once)."""
+    status, answer = request(server.url + "/sdapi/v1/png-info",
+                             {"image": base64.b64encode(claimed_size_png(20000, 20000)).decode()})
+    assert status == 200, answer
+    assert answer["info"] == "" and answer["parameters"] == {}
+
+
 # --- models, samplers, refused fields, settings -------------------------------------------------------------
 
 

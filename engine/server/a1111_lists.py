@@ -65,8 +65,8 @@ def png_info(image: str) -> dict:
     try:
         with Image.open(io.BytesIO(data)) as picture:
             items = {k: v for k, v in picture.info.items() if isinstance(v, str) and k != "parameters"}
-    except (OSError, ValueError):
-        pass
+    except (OSError, ValueError, Image.DecompressionBombError):
+        pass  # the other chunks are extras; the parameters were read without decoding the image
     if not text:
         return {"info": "", "items": items, "parameters": {}}
     fields = parse_parameters(text)
