@@ -26,7 +26,7 @@ from sdcpu.engine.server.a1111_schema import Txt2ImgBody
 from sdcpu.engine.server.image_codec import png_base64
 from sdcpu.engine.server.job_queue import JobControl, Stopped
 from sdcpu.engine.server.served_models import ModelSlot
-from sdcpu.engine.server.server_options import ServerOptions, with_settings
+from sdcpu.engine.server.server_options import ServerOptions
 
 
 @dataclass
@@ -39,8 +39,7 @@ class Made:
 
 def run_generation(slot: ModelSlot, body: Txt2ImgBody, options: ServerOptions, limits: ServerLimits,
                    control: JobControl, save_dir: Path | None = None) -> dict:
-    """Run every batch of the job; the A1111 response dict."""
-    options = with_settings(options, body.override_settings)
+    """Run every batch of the job (`options`: the settings a1111_requests.check_request gave it); A1111's answer."""
     model = slot.find(options.sd_model_checkpoint)
     pipe = slot.pipeline(model)
     notes: list[str] = []

@@ -18,7 +18,7 @@ from sdcpu.engine.request_defaults import ImageInputs, build_request
 from sdcpu.engine.server.a1111_refusals import refuse_unhonoured
 from sdcpu.engine.server.a1111_schema import Img2ImgBody, Txt2ImgBody
 from sdcpu.engine.server.image_codec import decode_upload
-from sdcpu.engine.server.server_options import ServerOptions, checked_setting
+from sdcpu.engine.server.server_options import ServerOptions, checked_setting, with_settings
 from sdcpu.engine.sigma_schedules import schedule_type_label
 
 RESIZE_MODES = {0: "stretch", 1: "crop", 2: "fit"}  # A1111: just resize, crop and resize, resize and fill
@@ -36,19 +36,32 @@ class ServerLimits:
     """A1111 sets none; prompts of ~900k characters kept the worker busy for minutes (tokenizing and chunking)."""
 
 
+def check_request(body: Txt2ImgBody, options: ServerOptions, limits: ServerLimits) -> ServerOptions:
+    """What needs no model, checked before the request waits in the queue: refused fields, the server's limits,
+    override_settings. The settings the request runs with."""
+    refuse_unhonoured(body)
+    check_limits(body, limits)
+    return with_settings(options, body.override_settings)
+
+
 def check_limits(body: Txt2ImgBody, limits: ServerLimits) -> None:
     for name in ("prompt", "negative_prompt"):
         if len(getattr(body, name)) > limits.max_prompt_chars:
             raise UserError(f"{name} is {len(getattr(body, name))} characters long; this server takes up to "
                             f"{limits.max_prompt_chars}")
-    if body.steps is not None and body.steps > limits.max_steps:
-        raise UserError(f"steps={body.steps} is above this server's limit of {limits.max_steps} (--max-steps)")
     images = body.batch_size * body.n_iter
     if images > limits.max_images:
         raise UserError(f"batch_size x n_iter = {images} images is above this server's limit of "
                         f"{limits.max_images} per request (--max-images)")
-    if body.width is not None and body.height is not None and body.width * body.height > limits.max_pixels:
-        raise UserError(f"{body.width}x{body.height} is above this server's limit of {limits.max_pixels} pixels "
+    check_steps_and_size(body.steps, body.width, body.height, limits)
+
+
+def check_steps_and_size(steps: int | None, width: int | None, height: int | None, limits: ServerLimits) -> None:
+    """The steps and size asked for, or (once the model's defaults fill them in) the request's."""
+    if steps is not None and steps > limits.max_steps:
+        raise UserError(f"steps={steps} is above this server's limit of {limits.max_steps} (--max-steps)")
+    if width is not None and height is not None and width * height > limits.max_pixels:
+        raise UserError(f"{width}x{height} is above this server's limit of {limits.max_pixels} pixels "
                         "per image (--max-pixels)")
 
 
@@ -98,9 +111,8 @@ def effective_clip_skip(body: Txt2ImgBody, options: ServerOptions) -> int:
 
 def build_job_request(pipe: Pipeline, body: Txt2ImgBody, options: ServerOptions, limits: ServerLimits,
                       notes: list[str]) -> tuple[Request, ImageInputs | None]:
-    """The first batch's Request; refused fields, limits and the model's own rules each give one line."""
-    refuse_unhonoured(body)
-    check_limits(body, limits)
+    """The first batch's Request (`options`: check_request's); the limits and the model's rules on the steps and size
+    the model's defaults fill in give one line each."""
     images = image_inputs(body)
     sampler, schedule = requested_sampler(body)
     settings = options.request_settings() | dict(clip_skip=effective_clip_skip(body, options))
@@ -108,11 +120,7 @@ def build_job_request(pipe: Pipeline, body: Txt2ImgBody, options: ServerOptions,
                             body.width, body.height, sampler, body.batch_size, None, images, notes.append,
                             schedule_type=schedule, subseed=body.subseed, subseed_strength=body.subseed_strength,
                             seed_resize_from=seed_resize(body), **settings)
-    if request.width * request.height > limits.max_pixels:
-        raise UserError(f"{request.width}x{request.height} is above this server's limit of {limits.max_pixels} "
-                        "pixels per image (--max-pixels)")
-    if request.steps > limits.max_steps:
-        raise UserError(f"{request.steps} steps is above this server's limit of {limits.max_steps} (--max-steps)")
+    check_steps_and_size(request.steps, request.width, request.height, limits)
     pipe.validate(request)
     return request, images
 

@@ -7,8 +7,7 @@ from fastapi import APIRouter, Depends, Request
 from sdcpu.engine.errors import UserError
 from sdcpu.engine.server import a1111_lists
 from sdcpu.engine.server.a1111_jobs import run_generation
-from sdcpu.engine.server.a1111_refusals import refuse_unhonoured
-from sdcpu.engine.server.a1111_requests import check_limits
+from sdcpu.engine.server.a1111_requests import check_request
 from sdcpu.engine.server.a1111_schema import Img2ImgBody, OptionsBody, PngInfoBody, Txt2ImgBody
 from sdcpu.engine.server.server_options import with_settings
 from sdcpu.engine.server.state import ServerState, run_queued, server_state
@@ -21,11 +20,8 @@ async def _generate(request: Request, state: ServerState, body: Txt2ImgBody, kin
     if body.save_images and state.save_dir is None:
         raise UserError("save_images needs a server started with --save-dir DIR; the images come back in the "
                         "answer either way")
-    refuse_unhonoured(body)  # what needs no model is refused before the request waits in the queue
-    check_limits(body, state.limits)
-    options = state.options
-    overridden = with_settings(options, body.override_settings)
-    state.slot.find(overridden.sd_model_checkpoint)
+    options = check_request(body, state.options, state.limits)
+    state.slot.find(options.sd_model_checkpoint)
 
     def work(control):
         return run_generation(state.slot, body, options, state.limits, control, state.save_dir)
