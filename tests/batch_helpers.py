@@ -309,3 +309,15 @@ def fault_env(folder: Path, poison_prompt: str, slow_ledger_seconds: float) -> d
     (folder / "sitecustomize.py").write_text(FAULTS_SITECUSTOMIZE)
     path = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p)
     return {"PYTHONPATH": path, "SDCPU_TEST_POISON": poison_prompt, "SDCPU_TEST_SLOW_LEDGER": str(slow_ledger_seconds)}
+
+
+def local_reference_run(work: Path, name: str, workers: int) -> "BatchRun":
+    """The uninterrupted 40-job batch of `work`'s jobs on `workers` local workers, its images/min printed (-s)."""
+    out = work / name
+    result = run_sdcpu(*batch_args(work / "jobs.txt", out, "--workers", workers))
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = summary(result.stdout)
+    print(f"\n[images/min] local, {workers} worker(s), 40 jobs: {figures['per_minute']} ({figures['seconds']} s, "
+          f"worker start-up and model loads included, interpreter start excluded); compute only: "
+          f"{compute_rate(ledger(out)):.0f}")
+    return BatchRun.of(out, result)

@@ -22,9 +22,7 @@ from tests.batch_helpers import (
     PROMPTS,
     RUN_TIMEOUT,
     STEPS,
-    BatchRun,
     batch_args,
-    compute_rate,
     descendants,
     describe,
     done_by_id,
@@ -33,6 +31,7 @@ from tests.batch_helpers import (
     kill_all,
     ledger,
     ledger_lines,
+    local_reference_run,
     parameters,
     pixels,
     png_differences,
@@ -64,14 +63,7 @@ def work(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference(work):
     """The uninterrupted 40-job batch on 2 workers."""
-    out = work / "reference"
-    result = run_sdcpu(*batch_args(work / "jobs.txt", out, "--workers", 2))
-    assert result.returncode == 0, result.stdout + result.stderr
-    figures = summary(result.stdout)
-    print(f"\n[images/min] local, 2 workers, 40 jobs: {figures['per_minute']} ({figures['seconds']} s, "
-          f"worker start-up and model loads included, interpreter start excluded); compute only: "
-          f"{compute_rate(ledger(out)):.0f}")
-    return BatchRun.of(out, result)
+    return local_reference_run(work, "reference", 2)
 
 
 @pytest.fixture(scope="module")

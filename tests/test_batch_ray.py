@@ -15,7 +15,6 @@ import pytest
 from tests.batch_helpers import (
     JOB_COUNT,
     RUN_TIMEOUT,
-    BatchRun,
     batch_args,
     cmdline,
     comparable,
@@ -25,6 +24,7 @@ from tests.batch_helpers import (
     kill_all,
     ledger,
     ledger_lines,
+    local_reference_run,
     now_ticks,
     png_bytes,
     png_differences,
@@ -76,14 +76,7 @@ def cluster(request):
 @pytest.fixture(scope="module")
 def local_reference(work):
     """The 40 jobs on one local worker: what Ray must reproduce."""
-    out = work / "local"
-    result = run_sdcpu(*batch_args(work / "jobs.txt", out, "--workers", 1))
-    assert result.returncode == 0, result.stdout + result.stderr
-    figures = summary(result.stdout)
-    print(f"\n[images/min] local, 1 worker, 40 jobs: {figures['per_minute']} ({figures['seconds']} s, "
-          f"worker start-up and model load included, interpreter start excluded); compute only: "
-          f"{compute_rate(ledger(out)):.0f}")
-    return BatchRun.of(out, result)
+    return local_reference_run(work, "local", 1)
 
 
 def _assert_same_as_local(out, reference) -> None:

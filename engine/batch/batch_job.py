@@ -58,6 +58,15 @@ class BatchJob:
     def file_name(self) -> str:
         return f"{self.id}.png"
 
+    @property
+    def recorded_fields(self) -> dict:
+        """The fields as the ledger records them: the init image's and mask's SHA-256 beside their paths."""
+        return self.fields | image_hashes(self.init, self.mask)
+
+
+def image_hashes(init: ImageFile | None, mask: ImageFile | None) -> dict:
+    return {f"{key}_sha256": image.sha256 for key, image in (("init_image", init), ("mask", mask)) if image is not None}
+
 
 def _digest(data: dict) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=True).encode()).hexdigest()
@@ -83,8 +92,7 @@ def expand_jobs(lines: list[JobLine], defaults: dict, seeds: list[int] | None,
         except UserError as exc:
             errors.append(LineError(line.line, str(exc)))
             continue
-        hashed = {k: v for k, v in fields.items() if k not in ("init_image", "mask")}
-        hashed |= {f"{k}_sha256": f.sha256 for k, f in (("init_image", init), ("mask", mask)) if f is not None}
+        hashed = {k: v for k, v in fields.items() if k not in ("init_image", "mask")} | image_hashes(init, mask)
         if "seed" in fields:
             job_seeds = [fields["seed"]]
         else:

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from sdcpu.engine.atomic import atomic_write
-from sdcpu.engine.batch.batch_job import BatchJob, LoadOptions, expand_jobs
+from sdcpu.engine.batch.batch_job import BatchJob, expand_jobs
 from sdcpu.engine.batch.job_file import LineError, read_job_file
 from sdcpu.engine.batch.ledger import DONE, FAILED, Ledger
 from sdcpu.engine.batch.worker import Outcome
-from sdcpu.engine.manifest import load_manifest
 
 
 class Pool(Protocol):
@@ -31,7 +30,6 @@ class BatchPlan:
     failed_before: int
     """Failed in an earlier run and not re-run (no --retry-failed)."""
     line_errors: list[LineError]
-    identity: dict
 
 
 @dataclass
@@ -47,10 +45,10 @@ class BatchSummary:
         return 60.0 * self.done / self.seconds if self.seconds > 0 else 0.0
 
 
-def plan_batch(jobs_file: Path, out_dir: Path, options: LoadOptions, defaults: dict, seeds: list[int] | None,
+def plan_batch(jobs_file: Path, out_dir: Path, identity: dict, defaults: dict, seeds: list[int] | None,
                retry_failed: bool) -> BatchPlan:
-    """Every job of the file and --seeds; those the ledger has done (or failed, without --retry-failed) left out."""
-    identity = options.identity(load_manifest(options.folder))
+    """Every job of the file and --seeds; those the ledger has done (or failed, without --retry-failed) left out.
+    `identity`: LoadOptions.identity of the model, part of every job's id."""
     lines, line_errors = read_job_file(jobs_file)
     jobs, image_errors = expand_jobs(lines, defaults, seeds, identity)
     ledger = Ledger(out_dir)
@@ -61,15 +59,12 @@ def plan_batch(jobs_file: Path, out_dir: Path, options: LoadOptions, defaults: d
     todo = [job for job in jobs if job.id not in skip]
     return BatchPlan(out_dir, ledger, todo, len(jobs), sum(job.id in done for job in jobs),
                      sum(job.id in failed for job in jobs) if not retry_failed else 0,
-                     sorted(line_errors + image_errors, key=lambda e: e.line), identity)
+                     sorted(line_errors + image_errors, key=lambda e: e.line))
 
 
 def ledger_entry(job: BatchJob, outcome: Outcome) -> dict:
-    fields = dict(job.fields)
-    for key, image in (("init_image", job.init), ("mask", job.mask)):
-        if image is not None:
-            fields[f"{key}_sha256"] = image.sha256
-    entry = {"id": job.id, "line": job.line, "seed": job.fields["seed"], "params": fields, "worker": outcome.worker}
+    entry = {"id": job.id, "line": job.line, "seed": job.fields["seed"], "params": job.recorded_fields,
+             "worker": outcome.worker}
     if outcome.png is None:
         return entry | {"status": FAILED, "error": outcome.error}
     return entry | {"status": DONE, "file": job.file_name, "seconds": outcome.seconds, "infotext": outcome.infotext}

@@ -14,7 +14,7 @@ from sdcpu.engine.batch.ray_pool import RayPool, check_reachable
 from sdcpu.engine.batch.runner import BatchSummary, plan_batch, run_batch
 from sdcpu.engine.errors import UserError
 from sdcpu.engine.local_models import resolve_model
-from sdcpu.engine.manifest import load_manifest
+from sdcpu.engine.manifest import Manifest, load_manifest
 from sdcpu.engine.request_defaults import default_model, fast_options
 
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
@@ -34,7 +34,7 @@ def job_defaults(settings: dict) -> dict:
 
 
 def _load_options(model, workers: int, ray: str | None, threads: int | None, inference_precision,
-                  deepcache, tiny_vae, compile_cache, fast, defaults: dict) -> LoadOptions:
+                  deepcache, tiny_vae, compile_cache, fast, defaults: dict) -> tuple[LoadOptions, Manifest]:
     folder = resolve_model(model).resolve() if model is not None else default_model().resolve()
     manifest = load_manifest(folder)
     if fast:
@@ -43,7 +43,7 @@ def _load_options(model, workers: int, ray: str | None, threads: int | None, inf
             defaults["guidance_interval"] = f"{interval[0]:g}-{interval[1]:g}"
     if threads is None:
         threads = 1 if ray is not None else threads_per_worker(workers)
-    return LoadOptions(folder, inference_precision, deepcache, bool(tiny_vae), compile_cache, threads)
+    return LoadOptions(folder, inference_precision, deepcache, bool(tiny_vae), compile_cache, threads), manifest
 
 
 def _progress(total: int, already: int):
@@ -78,13 +78,14 @@ def run_batch_command(jobs: Path, out: Path, model: str | None, seeds: str | Non
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be at least 1 (got {workers})")
     defaults = job_defaults(settings)
-    options = _load_options(model, workers or 1, ray, threads, inference_precision, deepcache, tiny_vae, compile_cache,
-                            fast, defaults)
-    pool = RayPool(options, {}, ray, workers, _log) if ray is not None else LocalPool(options, {}, workers or 1, _log)
+    options, manifest = _load_options(model, workers or 1, ray, threads, inference_precision, deepcache, tiny_vae,
+                                      compile_cache, fast, defaults)
+    identity = options.identity(manifest)
     if ray is not None:
         check_reachable(ray)  # a closed port is one line at once, before thousands of jobs are read
-    plan = plan_batch(jobs, out, options, defaults, parse_seeds(seeds), retry_failed)
-    pool.expected = plan.identity
+    plan = plan_batch(jobs, out, identity, defaults, parse_seeds(seeds), retry_failed)
+    pool = RayPool(options, identity, ray, workers, _log) if ray is not None else \
+        LocalPool(options, identity, workers or 1, _log)
     if ray is not None and plan.todo:
         pool.connect()
     for error in plan.line_errors:
