@@ -50,7 +50,7 @@ def build_state(model: list[str], queue_size: int, inference_precision: str | No
     models = served_models(model)
     first = _first_model(models, model)
     slot = ModelSlot(models, _log, compile_cache, inference_precision, model)
-    state = ServerState(slot, JobQueue(queue_size, _log), ServerOptions(sd_model_checkpoint=first.title),
+    state = ServerState(slot, JobQueue(queue_size), ServerOptions(sd_model_checkpoint=first.title),
                         limits, save_dir, _log)
     loading = state.queue.submit("load model", lambda control: slot.pipeline(first))
     loading.future.add_done_callback(_report_load_failure)

@@ -44,7 +44,6 @@ FIXED_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "firstpass_image": (_off, "hires fix is not implemented"),
     "infotext": (_off, "send the fields themselves (POST /sdapi/v1/png-info reads an infotext's fields)"),
     "force_task_id": (_off, "sdcpu's progress endpoint follows the running job, not task ids"),
-    "image_cfg_scale": (lambda v: True, ""),
     "initial_noise_multiplier": (_equals(1, 1.0), "the initial noise is drawn at scale 1"),
     "latent_mask": (_off, "send the mask as `mask`"),
     "include_init_images": (_off, "the init images are not echoed back"),

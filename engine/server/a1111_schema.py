@@ -14,8 +14,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Scalar = str | int | float | bool | None
-
 
 class A1111Body(BaseModel):
     """Unknown keys are kept (model_extra) so the refusal names them instead of dropping them silently."""
@@ -72,7 +70,6 @@ class Txt2ImgBody(A1111Body):
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
     denoising_strength: float | None = None
-    sampler_index_fallback: str | None = None
     script_name: str | None = None
     script_args: list[Any] = Field(default_factory=list)
     send_images: bool = True

@@ -85,9 +85,8 @@ class Job:
 
 
 class JobQueue:
-    def __init__(self, size: int, log: Callable[[str], None] = lambda line: None):
+    def __init__(self, size: int):
         self.size = size
-        self.log = log
         self._waiting: deque[Job] = deque()
         self._running: Job | None = None
         self._lock = threading.Condition()
